@@ -1,0 +1,280 @@
+//! The on-disk cache: one versioned JSON record per IAM user. A record that is missing, unsafe, corrupt,
+//! of another version or for another user is a miss; the reason is reported so it can be logged.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::fsutil;
+use crate::keys::{self, CanonicalKey};
+use crate::username::IamUser;
+
+/// Bumped whenever the record layout changes; other versions are misses and get rewritten.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What IAM said about a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The user exists; `keys` holds its active keys (possibly none).
+    Keys,
+    /// IAM answered NoSuchEntity.
+    NoSuchUser,
+}
+
+/// One active key as stored. `key` is canonical text; it is parsed again on every read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub id: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub version: u32,
+    pub iam_user: String,
+    /// Unix seconds of the IAM answer this record holds.
+    pub fetched_at: u64,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub keys: Vec<StoredKey>,
+}
+
+impl Record {
+    /// A negative answer (no such user, or no active key) is kept for the shorter negative TTL.
+    pub fn is_negative(&self) -> bool {
+        self.outcome == Outcome::NoSuchUser || self.keys.is_empty()
+    }
+}
+
+/// A key ready to serve: canonical, with its IAM id and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedKey {
+    pub id: String,
+    pub key: CanonicalKey,
+    pub uploaded: Option<String>,
+}
+
+impl ServedKey {
+    pub fn stored(&self) -> StoredKey {
+        StoredKey {
+            id: self.id.clone(),
+            key: self.key.as_str().to_string(),
+            uploaded: self.uploaded.clone(),
+        }
+    }
+}
+
+/// A record that passed every check, with its keys re-parsed.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub record: Record,
+    pub keys: Vec<ServedKey>,
+}
+
+/// Parses and checks a record's bytes for `user`. Every key is canonicalised again: a record that holds
+/// anything we would not have written is refused whole.
+pub fn parse(bytes: &[u8], user: &IamUser) -> Result<Loaded, String> {
+    #[derive(Deserialize)]
+    struct Probe {
+        version: u32,
+    }
+    let probe: Probe =
+        serde_json::from_slice(bytes).map_err(|e| format!("does not parse as a record: {e}"))?;
+    if probe.version != FORMAT_VERSION {
+        return Err(format!(
+            "has format version {}, this build reads {FORMAT_VERSION}",
+            probe.version
+        ));
+    }
+    let record: Record =
+        serde_json::from_slice(bytes).map_err(|e| format!("does not parse as a record: {e}"))?;
+    if record.iam_user != user.as_str() {
+        return Err(format!(
+            "is for IAM user {:?}, not {user}",
+            crate::username::sanitize(&record.iam_user)
+        ));
+    }
+    if record.outcome == Outcome::NoSuchUser && !record.keys.is_empty() {
+        return Err("says the user does not exist but holds keys".to_string());
+    }
+    let mut served = Vec::with_capacity(record.keys.len());
+    for k in &record.keys {
+        if !keys::valid_key_id(&k.id) {
+            return Err("holds an invalid key id".to_string());
+        }
+        let key = keys::canonicalize(&k.key).map_err(|e| format!("key {}: {e}", k.id))?;
+        if key.as_str() != k.key {
+            return Err(format!("key {} is not in canonical form", k.id));
+        }
+        served.push(ServedKey {
+            id: k.id.clone(),
+            key,
+            uploaded: k.uploaded.clone(),
+        });
+    }
+    Ok(Loaded {
+        record,
+        keys: served,
+    })
+}
+
+/// The cache directory, checked once per process.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+/// The result of reading one user's record.
+#[derive(Debug)]
+pub enum Read {
+    Hit(Loaded),
+    Absent,
+    /// Present but not trusted; the string says why (for the log). Treated as a miss and replaced.
+    Rejected(String),
+}
+
+impl Cache {
+    /// Uses `dir` if it is safe (creating it 0700 when missing).
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        fsutil::prepare_dir(dir)?;
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn record_path(&self, user: &IamUser) -> PathBuf {
+        self.dir.join(format!("{user}.json"))
+    }
+
+    pub fn lock_path(&self, user: &IamUser) -> PathBuf {
+        self.dir.join(format!("{user}.lock"))
+    }
+
+    pub fn read(&self, user: &IamUser) -> Read {
+        let path = self.record_path(user);
+        match fsutil::read_checked(&path, fsutil::euid()) {
+            Ok(None) => Read::Absent,
+            Ok(Some(bytes)) => match parse(&bytes, user) {
+                Ok(loaded) => Read::Hit(loaded),
+                Err(why) => Read::Rejected(format!("{}: {why}", path.display())),
+            },
+            Err(e) => Read::Rejected(e.to_string()),
+        }
+    }
+
+    pub fn store(&self, record: &Record) -> Result<(), Error> {
+        let user = IamUser::parse(&record.iam_user)?;
+        let path = self.record_path(&user);
+        let mut bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| Error::Config(format!("cannot encode cache record: {e}")))?;
+        bytes.push(b'\n');
+        fsutil::write_atomic(&path, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED: &str = include_str!("../tests/fixtures/ed25519.pub");
+
+    fn ed_canonical() -> String {
+        keys::canonicalize(ED)
+            .expect("fixture")
+            .as_str()
+            .to_string()
+    }
+
+    fn user() -> IamUser {
+        IamUser::parse("alice").expect("name")
+    }
+
+    fn record() -> Record {
+        Record {
+            version: FORMAT_VERSION,
+            iam_user: "alice".into(),
+            fetched_at: 1000,
+            outcome: Outcome::Keys,
+            keys: vec![StoredKey {
+                id: "APKA1".into(),
+                key: ed_canonical(),
+                uploaded: Some("2026-01-01T00:00:00Z".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let bytes = serde_json::to_vec(&record()).expect("encode");
+        let loaded = parse(&bytes, &user()).expect("parse");
+        assert_eq!(loaded.record, record());
+        assert_eq!(loaded.keys[0].key.as_str(), ed_canonical());
+    }
+
+    #[test]
+    fn refuses_bad_records() {
+        let good = serde_json::to_string(&record()).expect("encode");
+        let other_user = good.replace("\"alice\"", "\"mallory\"");
+        let v2 = good.replace("\"version\":1", "\"version\":2");
+        let truncated = good[..good.len() / 2].to_string();
+        let bad_key = good.replace("ssh-ed25519 ", "ssh-ed25519 x");
+        let with_options = good.replace("\"ssh-ed25519", "\"command=\\\"/bin/sh\\\" ssh-ed25519");
+        let comment = good.replace(&ed_canonical(), &format!("{} evil", ed_canonical()));
+        let newline = good.replace(
+            &ed_canonical(),
+            &format!("{}\\nssh-rsa AAAA", ed_canonical()),
+        );
+        let bad_id = good.replace("APKA1", "../x");
+        let extra = good.replace("\"version\"", "\"extra\":1,\"version\"");
+        let contradiction = good.replace("\"keys\",", "\"no_such_user\",");
+        let cases = [
+            ("", "does not parse"),
+            ("{}", "does not parse"),
+            ("null", "does not parse"),
+            (truncated.as_str(), "does not parse"),
+            (v2.as_str(), "format version 2"),
+            (other_user.as_str(), "not alice"),
+            (bad_key.as_str(), "key APKA1"),
+            (with_options.as_str(), "key APKA1"),
+            (comment.as_str(), "canonical"),
+            (newline.as_str(), "control"),
+            (bad_id.as_str(), "invalid key id"),
+            (extra.as_str(), "does not parse"),
+            (contradiction.as_str(), "does not exist but holds keys"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text.as_bytes(), &user()).expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn negative_records() {
+        let mut r = record();
+        assert!(!r.is_negative());
+        r.keys.clear();
+        assert!(r.is_negative());
+        r.outcome = Outcome::NoSuchUser;
+        assert!(r.is_negative());
+    }
+
+    #[test]
+    fn store_then_read() {
+        let d = tempfile::tempdir().expect("tmp");
+        let c = Cache::open(&d.path().join("c")).expect("open");
+        assert!(matches!(c.read(&user()), Read::Absent));
+        c.store(&record()).expect("store");
+        assert!(matches!(c.read(&user()), Read::Hit(_)));
+        std::fs::write(c.record_path(&user()), b"{\"version\":1").expect("corrupt");
+        assert!(matches!(c.read(&user()), Read::Rejected(_)));
+    }
+}

@@ -1,0 +1,57 @@
+//! The one error type and its mapping to exit codes. Messages are written for the operator reading the log.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid user name \"{shown}\": {reason}")]
+    InvalidUser { shown: String, reason: String },
+
+    #[error("user name is not valid UTF-8; IAM names are ASCII letters, digits and + = , . @ _ -")]
+    NonUtf8User,
+
+    #[error("configuration: {0}")]
+    Config(String),
+
+    #[error("config file {path}: {reason}")]
+    ConfigFile { path: PathBuf, reason: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not safe to use: {reason}")]
+    Unsafe { path: PathBuf, reason: String },
+
+    #[error("IAM lookup failed: {0}")]
+    Iam(String),
+
+    #[error("deadline of {0} ms reached before IAM answered")]
+    Deadline(u128),
+
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Exit codes: 0 served (possibly zero keys); 2 bad invocation or user name; 3 bad configuration;
+    /// 4 IAM could not answer and no cached answer was young enough (fail closed); 1 anything else.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Error::InvalidUser { .. } | Error::NonUtf8User => 2,
+            Error::Config(_) | Error::ConfigFile { .. } => 3,
+            Error::Iam(_) | Error::Deadline(_) => 4,
+            Error::Io { .. } | Error::Unsafe { .. } | Error::Stdout(_) => 1,
+        })
+    }
+}

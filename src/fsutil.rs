@@ -1,0 +1,298 @@
+//! Every file this program opens or writes goes through here: owner and mode checks on the open handle,
+//! no symlinks, no FIFOs, bounded reads, atomic replacement, advisory locks.
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{flock, FlockOperation, OFlags};
+
+use crate::error::Error;
+
+/// Largest file we read: a record holds at most a few keys, a config file a few lines.
+pub const MAX_READ: u64 = 256 * 1024;
+
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+fn unsafe_path(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Unsafe {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Owner must be `owner`; no group or world write bit.
+fn check_owner_mode(path: &Path, meta: &Metadata, owner: u32) -> Result<(), Error> {
+    if meta.uid() != owner {
+        return Err(unsafe_path(
+            path,
+            format!("owned by uid {}, expected uid {owner}", meta.uid()),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_path(
+            path,
+            format!("mode {mode:04o} is group- or world-writable"),
+        ));
+    }
+    Ok(())
+}
+
+/// The cache directory: a real directory (not a symlink), owned by us, not writable by others. Created
+/// with mode 0700 when missing.
+pub fn prepare_dir(path: &Path) -> Result<(), Error> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| Error::io(path, e))?;
+        }
+        Err(e) => return Err(Error::io(path, e)),
+        Ok(_) => {}
+    }
+    check_dir(path)
+}
+
+/// Checks the cache directory without creating it.
+pub fn check_dir(path: &Path) -> Result<(), Error> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_path(path, "is a symbolic link"));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_path(path, "is not a directory"));
+    }
+    check_owner_mode(path, &meta, euid())
+}
+
+fn nofollow_flags() -> i32 {
+    // O_NONBLOCK keeps a planted FIFO from blocking the open; it is irrelevant for regular files.
+    (OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC).bits() as i32
+}
+
+/// Opens `path` without following a final symlink and checks the open handle: a regular file, owned by
+/// `owner`, not group/world-writable, not larger than [`MAX_READ`]. Returns `Ok(None)` when it does not exist.
+pub fn read_checked(path: &Path, owner: u32) -> Result<Option<Vec<u8>>, Error> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow_flags())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err(unsafe_path(path, "is a symbolic link"))
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(unsafe_path(path, "is not a regular file"));
+    }
+    check_owner_mode(path, &meta, owner)?;
+    if meta.len() > MAX_READ {
+        return Err(unsafe_path(
+            path,
+            format!("is {} bytes, more than {MAX_READ}", meta.len()),
+        ));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_READ + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(path, e))?;
+    if buf.len() as u64 > MAX_READ {
+        return Err(unsafe_path(path, "grew past the size limit while reading"));
+    }
+    Ok(Some(buf))
+}
+
+static TEMP_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Replaces `path` atomically: a new 0600 file beside it (created exclusively, never through a symlink),
+/// written, fsynced, renamed over `path`, then the directory fsynced. A reader sees the old or the new
+/// content, never a mix; a crash leaves at most a stray `*.tmp` file that is never read.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        "{file_name}.{}.{}.tmp",
+        std::process::id(),
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nofollow_flags())
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes a file we own; a missing file is not an error.
+pub fn remove(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// An exclusive advisory lock, released when dropped or when the process dies (flock semantics), so a
+/// killed holder never leaves a stuck lock.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+/// Takes the exclusive lock on `path` (created 0600 if missing), polling until `deadline`. `Ok(None)`
+/// means another process held it the whole time.
+pub fn lock_until(path: &Path, deadline: Instant) -> Result<Option<Lock>, Error> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nofollow_flags())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                unsafe_path(path, "is a symbolic link")
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(unsafe_path(path, "is not a regular file"));
+    }
+    check_owner_mode(path, &meta, euid())?;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                return Ok(Some(Lock {
+                    _file: file,
+                    path: path.to_path_buf(),
+                }))
+            }
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {}
+            Err(e) => return Err(Error::io(path, e.into())),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tmpdir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        d
+    }
+
+    #[test]
+    fn reads_own_file_and_refuses_the_rest() {
+        let d = tmpdir();
+        let p = d.path().join("a.json");
+        write_atomic(&p, b"hello").expect("write");
+        assert_eq!(
+            read_checked(&p, euid()).expect("read").as_deref(),
+            Some(&b"hello"[..])
+        );
+        assert_eq!(
+            std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(read_checked(&d.path().join("missing"), euid())
+            .expect("missing")
+            .is_none());
+
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let e = read_checked(&p, euid()).expect_err("666").to_string();
+        assert!(e.contains("world-writable"), "{e}");
+
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let e = read_checked(&p, euid() + 1).expect_err("owner").to_string();
+        assert!(e.contains("owned by uid"), "{e}");
+
+        let l = d.path().join("link.json");
+        symlink(&p, &l).expect("symlink");
+        let e = read_checked(&l, euid()).expect_err("symlink").to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+
+        let sub = d.path().join("dir.json");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let e = read_checked(&sub, euid()).expect_err("dir").to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn oversized_files_are_refused() {
+        let d = tmpdir();
+        let p = d.path().join("big.json");
+        write_atomic(&p, &vec![b' '; MAX_READ as usize + 1]).expect("write");
+        assert!(read_checked(&p, euid()).is_err());
+    }
+
+    #[test]
+    fn dir_checks() {
+        let d = tmpdir();
+        let c = d.path().join("cache");
+        prepare_dir(&c).expect("create");
+        assert_eq!(
+            std::fs::metadata(&c).expect("meta").permissions().mode() & 0o777,
+            0o700
+        );
+        std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(check_dir(&c).is_err());
+        let l = d.path().join("link");
+        symlink(&c, &l).expect("symlink");
+        assert!(check_dir(&l)
+            .expect_err("link")
+            .to_string()
+            .contains("symbolic"));
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_released_on_drop() {
+        let d = tmpdir();
+        let p = d.path().join("u.lock");
+        let soon = || Instant::now() + Duration::from_millis(30);
+        let held = lock_until(&p, soon()).expect("lock").expect("acquired");
+        assert!(lock_until(&p, soon()).expect("second").is_none());
+        drop(held);
+        assert!(lock_until(&p, soon()).expect("third").is_some());
+    }
+}

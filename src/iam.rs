@@ -1,0 +1,509 @@
+//! The only module that talks to IAM: builds the client from our own configuration (never from sshd's
+//! environment), lists a user's keys following pagination, and fetches the bodies it does not already
+//! hold in parallel.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_iam::types::{EncodingType, StatusType};
+use aws_sdk_iam::Client;
+
+use crate::cache::{Outcome, ServedKey};
+use crate::config::Config;
+use crate::error::Error;
+use crate::keys;
+use crate::username::IamUser;
+
+/// A list loop that never ends (a marker that keeps coming back) is cut here; IAM allows 5 keys a user.
+const MAX_PAGES: usize = 50;
+
+/// What IAM answered for one user.
+#[derive(Debug)]
+pub struct Fetched {
+    pub outcome: Outcome,
+    /// Active keys that parsed, in the order IAM listed them.
+    pub keys: Vec<ServedKey>,
+    /// Active keys left out, with the reason (never the body).
+    pub rejected: Vec<(String, String)>,
+    /// IAM requests this fetch made (first attempts; SDK retries not counted).
+    pub calls: u32,
+}
+
+/// Builds the IAM client. Credentials come from aws-config's default chain (environment, profile files,
+/// web identity, ECS, IMDSv2), or from the profile file named in our config, since sshd passes no environment.
+pub async fn client(cfg: &Config, budget: Duration) -> Client {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(budget.min(Duration::from_secs(1)))
+        .operation_timeout(budget)
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(aws_config::Region::new(cfg.region.clone()))
+        .timeout_config(timeouts)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(50))
+                .with_max_backoff(Duration::from_millis(500)),
+        );
+    if let Some(path) = &cfg.credentials_file {
+        let files = aws_runtime::env_config::file::EnvConfigFiles::builder()
+            .with_file(
+                aws_runtime::env_config::file::EnvConfigFileKind::Credentials,
+                path,
+            )
+            .build();
+        loader = loader.profile_files(files);
+    }
+    if let Some(name) = &cfg.profile {
+        loader = loader.profile_name(name);
+    }
+    let shared = loader.load().await;
+    let mut builder = aws_sdk_iam::config::Builder::from(&shared);
+    if let Some(url) = &cfg.endpoint_url {
+        builder = builder.endpoint_url(url);
+    }
+    Client::from_conf(builder.build())
+}
+
+/// Describes an SDK error in one line: the service's code and message, or the transport failure.
+fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E>) -> String {
+    match err {
+        SdkError::ServiceError(e) => {
+            let inner = e.err();
+            format!(
+                "{} (HTTP {}): {}",
+                inner.code().unwrap_or("unknown error"),
+                e.raw().status().as_u16(),
+                crate::username::sanitize(inner.message().unwrap_or("no message"))
+            )
+        }
+        SdkError::TimeoutError(_) => "request timed out".to_string(),
+        SdkError::DispatchFailure(e) => {
+            let mut msg = "could not reach IAM".to_string();
+            if let Some(c) = e.as_connector_error() {
+                msg = format!("{msg}: {c}");
+            }
+            msg
+        }
+        SdkError::ResponseError(_) => "IAM's response could not be read".to_string(),
+        other => {
+            let mut msg = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            msg
+        }
+    }
+}
+
+/// Lists `user`'s keys and fetches the bodies of active keys not in `known` (bodies never change for a
+/// key id, so `known` makes an unchanged refresh cost one list call).
+pub async fn fetch(
+    client: &Client,
+    user: &IamUser,
+    known: &HashMap<String, ServedKey>,
+) -> Result<Fetched, Error> {
+    let mut calls = 0u32;
+    let mut active: Vec<(String, Option<String>)> = Vec::new();
+    let mut marker: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        if pages > MAX_PAGES {
+            return Err(Error::Iam(format!(
+                "ListSSHPublicKeys for {user} did not finish within {MAX_PAGES} pages"
+            )));
+        }
+        calls += 1;
+        let page = client
+            .list_ssh_public_keys()
+            .user_name(user.as_str())
+            .set_marker(marker.take())
+            .send()
+            .await;
+        let page = match page {
+            Ok(p) => p,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_no_such_entity_exception()) =>
+            {
+                return Ok(Fetched {
+                    outcome: Outcome::NoSuchUser,
+                    keys: Vec::new(),
+                    rejected: Vec::new(),
+                    calls,
+                });
+            }
+            Err(e) => {
+                return Err(Error::Iam(format!(
+                    "ListSSHPublicKeys for {user}: {}",
+                    describe(&e)
+                )))
+            }
+        };
+        for meta in page.ssh_public_keys() {
+            if meta.status() == &StatusType::Active {
+                active.push((
+                    meta.ssh_public_key_id().to_string(),
+                    Some(meta.upload_date().to_string()),
+                ));
+            }
+        }
+        match (page.is_truncated(), page.marker()) {
+            (true, Some(m)) if !m.is_empty() => marker = Some(m.to_string()),
+            (true, _) => {
+                return Err(Error::Iam(format!(
+                    "ListSSHPublicKeys for {user} said the list is truncated but gave no marker"
+                )))
+            }
+            (false, _) => break,
+        }
+    }
+
+    let mut rejected = Vec::new();
+    let mut wanted = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (id, uploaded) in active {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        if !keys::valid_key_id(&id) {
+            rejected.push((crate::username::sanitize(&id), "invalid key id".to_string()));
+            continue;
+        }
+        wanted.push((id, uploaded));
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (idx, (id, _)) in wanted.iter().enumerate() {
+        if known.contains_key(id) {
+            continue;
+        }
+        calls += 1;
+        let client = client.clone();
+        let user = user.as_str().to_string();
+        let id = id.clone();
+        tasks.spawn(async move {
+            let r = client
+                .get_ssh_public_key()
+                .user_name(user)
+                .ssh_public_key_id(&id)
+                .encoding(EncodingType::Ssh)
+                .send()
+                .await;
+            (idx, id, r)
+        });
+    }
+    let mut bodies: HashMap<usize, Result<keys::CanonicalKey, String>> = HashMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (idx, id, result) =
+            joined.map_err(|e| Error::Iam(format!("key fetch task failed: {e}")))?;
+        match result {
+            Ok(out) => {
+                let Some(k) = out.ssh_public_key() else {
+                    bodies.insert(idx, Err("GetSSHPublicKey returned no key".into()));
+                    continue;
+                };
+                if k.status() != &StatusType::Active {
+                    bodies.insert(idx, Err("deactivated while we fetched it".into()));
+                    continue;
+                }
+                bodies.insert(
+                    idx,
+                    keys::canonicalize(k.ssh_public_key_body()).map_err(|e| e.to_string()),
+                );
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_no_such_entity_exception()) =>
+            {
+                bodies.insert(idx, Err("deleted while we fetched it".into()));
+            }
+            Err(e) => {
+                return Err(Error::Iam(format!(
+                    "GetSSHPublicKey {id} for {user}: {}",
+                    describe(&e)
+                )))
+            }
+        }
+    }
+
+    let mut served: Vec<ServedKey> = Vec::new();
+    for (idx, (id, uploaded)) in wanted.into_iter().enumerate() {
+        let key = match known.get(&id) {
+            Some(k) => Ok(k.key.clone()),
+            None => bodies
+                .remove(&idx)
+                .unwrap_or_else(|| Err("no answer".into())),
+        };
+        match key {
+            Ok(key) if served.iter().any(|s| s.key == key) => {
+                rejected.push((id, "duplicate of another key".into()))
+            }
+            Ok(key) => served.push(ServedKey { id, key, uploaded }),
+            Err(why) => rejected.push((id, why)),
+        }
+    }
+    Ok(Fetched {
+        outcome: Outcome::Keys,
+        keys: served,
+        rejected,
+        calls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_iam::operation::get_ssh_public_key::{GetSSHPublicKeyError, GetSshPublicKeyOutput};
+    use aws_sdk_iam::operation::list_ssh_public_keys::{
+        ListSSHPublicKeysError, ListSshPublicKeysOutput,
+    };
+    use aws_sdk_iam::types::error::NoSuchEntityException;
+    use aws_sdk_iam::types::{SshPublicKey, SshPublicKeyMetadata};
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+
+    const ED: &str = include_str!("../tests/fixtures/ed25519.pub");
+    const ED_B: &str = include_str!("../tests/fixtures/ed25519b.pub");
+    const RSA: &str = include_str!("../tests/fixtures/rsa3072.pub");
+
+    fn meta(id: &str, status: StatusType) -> SshPublicKeyMetadata {
+        SshPublicKeyMetadata::builder()
+            .user_name("alice")
+            .ssh_public_key_id(id)
+            .status(status)
+            .upload_date(aws_sdk_iam::primitives::DateTime::from_secs(1_700_000_000))
+            .build()
+            .expect("metadata")
+    }
+
+    fn list(items: Vec<SshPublicKeyMetadata>) -> Rule {
+        mock!(Client::list_ssh_public_keys).then_output(move || {
+            ListSshPublicKeysOutput::builder()
+                .set_ssh_public_keys(Some(items.clone()))
+                .is_truncated(false)
+                .build()
+        })
+    }
+
+    fn get(id: &'static str, body: &'static str) -> Rule {
+        mock!(Client::get_ssh_public_key)
+            .match_requests(move |r| {
+                r.ssh_public_key_id() == Some(id) && r.encoding() == Some(&EncodingType::Ssh)
+            })
+            .then_output(move || {
+                GetSshPublicKeyOutput::builder()
+                    .ssh_public_key(
+                        SshPublicKey::builder()
+                            .user_name("alice")
+                            .ssh_public_key_id(id)
+                            .fingerprint("ignored")
+                            .ssh_public_key_body(body)
+                            .status(StatusType::Active)
+                            .build()
+                            .expect("key"),
+                    )
+                    .build()
+            })
+    }
+
+    fn alice() -> IamUser {
+        IamUser::parse("alice").expect("name")
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    const THROTTLE: &str = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>\
+        <Message>Rate exceeded</Message></Error><RequestId>1</RequestId></ErrorResponse>";
+
+    #[test]
+    fn keeps_active_keys_in_list_order_and_fetches_bodies() {
+        let l = list(vec![
+            meta("APKAB", StatusType::Active),
+            meta("APKAI", StatusType::Inactive),
+            meta("APKAA", StatusType::Active),
+        ]);
+        let (ga, gb) = (get("APKAA", ED), get("APKAB", RSA));
+        let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&l, &ga, &gb]);
+        let f = run(fetch(&c, &alice(), &HashMap::new())).expect("fetch");
+        assert_eq!(f.outcome, Outcome::Keys);
+        let ids: Vec<_> = f.keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["APKAB", "APKAA"]);
+        assert_eq!(f.calls, 3);
+        assert_eq!((ga.num_calls(), gb.num_calls()), (1, 1));
+    }
+
+    #[test]
+    fn unchanged_ids_cost_one_call() {
+        let l = list(vec![meta("APKAA", StatusType::Active)]);
+        let ga = get("APKAA", ED);
+        let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&l, &ga]);
+        let first = run(fetch(&c, &alice(), &HashMap::new())).expect("first");
+        let known: HashMap<_, _> = first.keys.into_iter().map(|k| (k.id.clone(), k)).collect();
+        let second = run(fetch(&c, &alice(), &known)).expect("second");
+        assert_eq!(second.calls, 1);
+        assert_eq!(ga.num_calls(), 1);
+        assert_eq!(second.keys.len(), 1);
+    }
+
+    #[test]
+    fn follows_pagination_markers() {
+        let p1 = mock!(Client::list_ssh_public_keys)
+            .match_requests(|r| r.marker().is_none())
+            .then_output(|| {
+                ListSshPublicKeysOutput::builder()
+                    .ssh_public_keys(meta("APKAA", StatusType::Active))
+                    .is_truncated(true)
+                    .marker("m1")
+                    .build()
+            });
+        let p2 = mock!(Client::list_ssh_public_keys)
+            .match_requests(|r| r.marker() == Some("m1"))
+            .then_output(|| {
+                ListSshPublicKeysOutput::builder()
+                    .ssh_public_keys(meta("APKAB", StatusType::Active))
+                    .is_truncated(false)
+                    .build()
+            });
+        let (ga, gb) = (get("APKAA", ED), get("APKAB", ED_B));
+        let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&p1, &p2, &ga, &gb]);
+        let f = run(fetch(&c, &alice(), &HashMap::new())).expect("fetch");
+        assert_eq!(f.keys.len(), 2);
+        assert_eq!((p1.num_calls(), p2.num_calls()), (1, 1));
+    }
+
+    #[test]
+    fn truncated_without_marker_is_an_error() {
+        let p = mock!(Client::list_ssh_public_keys).then_output(|| {
+            ListSshPublicKeysOutput::builder()
+                .is_truncated(true)
+                .build()
+        });
+        let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&p]);
+        let e = run(fetch(&c, &alice(), &HashMap::new())).expect_err("no marker");
+        assert!(e.to_string().contains("no marker"), "{e}");
+    }
+
+    #[test]
+    fn endless_markers_are_cut() {
+        let p = mock!(Client::list_ssh_public_keys).then_output(|| {
+            ListSshPublicKeysOutput::builder()
+                .is_truncated(true)
+                .marker("again")
+                .build()
+        });
+        let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&p]);
+        let e = run(fetch(&c, &alice(), &HashMap::new())).expect_err("endless");
+        assert!(e.to_string().contains("pages"), "{e}");
+        assert_eq!(p.num_calls(), MAX_PAGES);
+    }
+
+    #[test]
+    fn no_such_user_is_an_answer() {
+        let p = mock!(Client::list_ssh_public_keys).then_error(|| {
+            ListSSHPublicKeysError::NoSuchEntityException(
+                NoSuchEntityException::builder().message("no user").build(),
+            )
+        });
+        let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&p]);
+        let f = run(fetch(&c, &alice(), &HashMap::new())).expect("answer");
+        assert_eq!(f.outcome, Outcome::NoSuchUser);
+        assert!(f.keys.is_empty());
+    }
+
+    #[test]
+    fn throttling_and_server_errors_fail() {
+        for (status, body, want) in [
+            (400, THROTTLE, "Throttling"),
+            (500, "<oops", "500"),
+            (503, "", "503"),
+        ] {
+            let p = mock!(Client::list_ssh_public_keys)
+                .sequence()
+                .http_status(status, Some(body.to_string()))
+                .repeatedly()
+                .build();
+            let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&p]);
+            let e = run(fetch(&c, &alice(), &HashMap::new())).expect_err("error");
+            assert!(matches!(e, Error::Iam(_)));
+            assert!(
+                e.to_string().contains(want) || e.to_string().contains("unknown"),
+                "{status}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_body_fetch_fails_the_lookup() {
+        let l = list(vec![
+            meta("APKAA", StatusType::Active),
+            meta("APKAB", StatusType::Active),
+        ]);
+        let ga = get("APKAA", ED);
+        let gb = mock!(Client::get_ssh_public_key)
+            .match_requests(|r| r.ssh_public_key_id() == Some("APKAB"))
+            .sequence()
+            .http_status(400, Some(THROTTLE.to_string()))
+            .repeatedly()
+            .build();
+        let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&l, &ga, &gb]);
+        let e = run(fetch(&c, &alice(), &HashMap::new())).expect_err("partial");
+        assert!(e.to_string().contains("APKAB"), "{e}");
+    }
+
+    #[test]
+    fn malformed_bodies_and_vanished_keys_are_left_out() {
+        let l = list(vec![
+            meta("APKAA", StatusType::Active),
+            meta("APKAB", StatusType::Active),
+            meta("APKAC", StatusType::Active),
+            meta("APKAD", StatusType::Active),
+            meta("APKAE", StatusType::Active),
+            meta("bad/id", StatusType::Active),
+        ]);
+        let ga = get("APKAA", ED);
+        let gb = get("APKAB", "command=\"/bin/sh\" ssh-ed25519 AAAA");
+        let gc = get("APKAC", "ssh-ed25519 AAAAC3Nz\nssh-rsa AAAA");
+        let gd = mock!(Client::get_ssh_public_key)
+            .match_requests(|r| r.ssh_public_key_id() == Some("APKAD"))
+            .then_error(|| {
+                GetSSHPublicKeyError::NoSuchEntityException(
+                    NoSuchEntityException::builder().build(),
+                )
+            });
+        let ge = get("APKAE", ED);
+        let c = mock_client!(
+            aws_sdk_iam,
+            RuleMode::MatchAny,
+            [&l, &ga, &gb, &gc, &gd, &ge]
+        );
+        let f = run(fetch(&c, &alice(), &HashMap::new())).expect("fetch");
+        let ids: Vec<_> = f.keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["APKAA"]);
+        let why: Vec<_> = f
+            .rejected
+            .iter()
+            .map(|(i, w)| format!("{i}: {w}"))
+            .collect();
+        assert_eq!(why.len(), 5, "{why:?}");
+        assert!(why.iter().any(|w| w.starts_with("APKAB: key body is not")));
+        assert!(why
+            .iter()
+            .any(|w| w.starts_with("APKAC: key body contains a control")));
+        assert!(why.iter().any(|w| w.starts_with("APKAD: deleted")));
+        assert!(why.iter().any(|w| w.starts_with("APKAE: duplicate")));
+        assert!(why.iter().any(|w| w.starts_with("bad/id: invalid key id")));
+    }
+}
