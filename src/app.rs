@@ -178,8 +178,10 @@ fn lookup(cfg: &Config, login: &LoginName, deadline: Instant, log: &Log) -> Resu
     let mut cached = cache.as_ref().and_then(read);
     let mut judgement = judge_loaded(cached.as_ref(), unix_now(), &cfg.freshness);
     log.debug(&format!("cache for {user}: {judgement:?}"));
-    if let (Some(l), Judgement::Fresh { age }) = (cached.take(), judgement) {
-        return Ok(from_cache(l, Source::Cache, age));
+    if let Judgement::Fresh { age } = judgement {
+        if let Some(l) = cached {
+            return Ok(from_cache(l, Source::Cache, age));
+        }
     }
 
     // Single flight: one process per user asks IAM; the others wait for its record.
@@ -187,8 +189,7 @@ fn lookup(cfg: &Config, login: &LoginName, deadline: Instant, log: &Log) -> Resu
         None => None,
         Some(c) => {
             let path = c.lock_path(user);
-            let free = fsutil::lock_until(&path, Instant::now())?;
-            let (lock, waited) = match free {
+            let (lock, waited) = match fsutil::lock_until(&path, Instant::now())? {
                 Some(l) => (Some(l), false),
                 None => {
                     log.info(&format!(
@@ -205,29 +206,28 @@ fn lookup(cfg: &Config, login: &LoginName, deadline: Instant, log: &Log) -> Resu
                     log,
                 );
             };
-            if waited {
-                cached = read(c);
-                judgement = judge_loaded(cached.as_ref(), unix_now(), &cfg.freshness);
-                match (cached.take(), judgement) {
-                    (Some(l), Judgement::Fresh { age }) => {
-                        return Ok(from_cache(l, Source::Cache, age))
-                    }
-                    // The process we waited for did not refresh the record: IAM just failed for it.
-                    // Serve what we may instead of asking again and amplifying the failure.
-                    (
-                        Some(l),
-                        Judgement::Expired {
-                            age,
-                            servable: true,
-                        },
-                    ) => {
-                        log.warn(&format!(
-                            "serving cached answer for {user} aged {age}s: the lookup we waited for did not refresh it"
-                        ));
-                        return Ok(from_cache(l, Source::Stale, age));
-                    }
-                    (l, _) => cached = l,
+            // Another process may have refreshed the record since we read it.
+            cached = read(c);
+            judgement = judge_loaded(cached.as_ref(), unix_now(), &cfg.freshness);
+            match (&cached, judgement) {
+                (Some(l), Judgement::Fresh { age }) => {
+                    return Ok(from_cache(l.clone(), Source::Cache, age))
                 }
+                // The process we waited for did not refresh the record: IAM just failed for it.
+                // Serve what we may instead of asking again and amplifying the failure.
+                (
+                    Some(l),
+                    Judgement::Expired {
+                        age,
+                        servable: true,
+                    },
+                ) if waited => {
+                    log.warn(&format!(
+                        "serving cached answer for {user} aged {age}s: the lookup we waited for did not refresh it"
+                    ));
+                    return Ok(from_cache(l.clone(), Source::Stale, age));
+                }
+                _ => {}
             }
             Some(lock)
         }

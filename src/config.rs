@@ -223,6 +223,16 @@ impl Config {
             .credentials_file
             .clone()
             .or_else(|| file.get("credentials-file").map(PathBuf::from));
+        if let Some(p) = &credentials_file {
+            if !p.is_absolute() {
+                return Err(Error::Config(format!(
+                    "credentials file {} must be an absolute path",
+                    p.display()
+                )));
+            }
+            fsutil::check_trusted_file(p)
+                .map_err(|e| Error::Config(format!("credentials file: {e}")))?;
+        }
         let profile = pick(&cli.profile, "profile");
         Ok(Config {
             freshness,

@@ -113,6 +113,29 @@ pub fn read_checked(path: &Path, owner: u32) -> Result<Option<Vec<u8>>, Error> {
     Ok(Some(buf))
 }
 
+/// A file that configures who we trust (credentials, config): reached without a final symlink, a regular
+/// file owned by root or by us, not group/world-writable. Anyone who could rewrite it could point us at
+/// their own AWS account and so plant keys.
+pub fn check_trusted_file(path: &Path) -> Result<(), Error> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow_flags())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                unsafe_path(path, "is a symbolic link")
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(unsafe_path(path, "is not a regular file"));
+    }
+    let owner = if meta.uid() == 0 { 0 } else { euid() };
+    check_owner_mode(path, &meta, owner)
+}
+
 static TEMP_SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Replaces `path` atomically: a new 0600 file beside it (created exclusively, never through a symlink),
@@ -256,6 +279,17 @@ mod tests {
         std::fs::create_dir(&sub).expect("mkdir");
         let e = read_checked(&sub, euid()).expect_err("dir").to_string();
         assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn trusted_files() {
+        let d = tmpdir();
+        let p = d.path().join("credentials");
+        write_atomic(&p, b"[default]").expect("write");
+        check_trusted_file(&p).expect("0600, ours");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o620)).expect("chmod");
+        assert!(check_trusted_file(&p).is_err());
+        assert!(check_trusted_file(&d.path().join("missing")).is_err());
     }
 
     #[test]
