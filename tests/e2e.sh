@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# End to end: moto as IAM, the fault proxy in front of it, a private sshd on loopback configured by
+# install.sh, and the real ssh client logging in. Needs root (it adds local users and runs sshd).
+#
+# usage: tests/e2e.sh STATIC_BINARY FAULTPROXY_BINARY MOTO_URL PYTHON
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
+BIN=${1:?static binary}
+PROXY_BIN=${2:?faultproxy binary}
+MOTO_URL=${3:?moto url}
+PY=${4:?python with boto3}
+[ "$(id -u)" = 0 ] || fail "e2e needs root"
+
+SSHD=$(command -v sshd || echo /usr/sbin/sshd)
+[ -x "$SSHD" ] || fail "sshd not installed"
+# sshd refuses a command below a world-writable directory (/tmp): use a root-owned 0755 one.
+E=$(mktemp -d /var/lib/iak-e2e.XXXXXX)
+chmod 0755 "$E"
+SVC=iak-e2e
+# Unique per run: the emulator may outlive one run.
+ALICE=iakalice$$ BOB=iakbob$$ CAROL=iakcarol$$
+USERS=("$ALICE" "$BOB" "$CAROL")
+SSHD_PID=
+PROXY_PID=
+
+cleanup() {
+    set +e
+    [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null
+    [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null
+    "$HERE/../install.sh" --uninstall --user "$SVC" --sshd-config "$E/sshd_config" \
+        --sshd-config-dir "$E/sshd_config.d" --bindir "$E/bin" --cache-dir "$E/cache" --no-reload >/dev/null 2>&1
+    for u in "${USERS[@]}"; do userdel "$u" 2>/dev/null; done
+    [ -n "${KEEP_E2E:-}" ] && { echo "kept $E"; return; }
+    rm -rf "$E"
+}
+trap cleanup EXIT
+
+# --- IAM behind a proxy we can kill ("emulator stopped") ------------------------------------------------
+PPORT=$(free_port)
+start_proxy() {
+    "$PROXY_BIN" "127.0.0.1:$PPORT" "${MOTO_URL#http://}" 2>>"$E/proxy.log" &
+    PROXY_PID=$!
+    wait_port "$PPORT" || fail "fault proxy did not start"
+}
+start_proxy
+IAM_URL=http://127.0.0.1:$PPORT
+iam() { "$PY" "$HERE/iam_admin.py" "$MOTO_URL" "$@"; }
+
+# --- sshd of our own ----------------------------------------------------------------------------------
+PORT=$(free_port)
+ssh-keygen -q -t ed25519 -N '' -f "$E/hostkey"
+cat > "$E/sshd_config" <<EOF
+Port $PORT
+ListenAddress 127.0.0.1
+HostKey $E/hostkey
+PidFile $E/sshd.pid
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AllowUsers ${USERS[*]}
+LogLevel VERBOSE
+EOF
+printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$E/credentials"
+chmod 0644 "$E/credentials"
+
+"$HERE/../install.sh" --binary "$BIN" --bindir "$E/bin" --user "$SVC" --cache-dir "$E/cache" \
+    --sshd-config "$E/sshd_config" --sshd-config-dir "$E/sshd_config.d" --no-reload \
+    --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" \
+    --ttl 3 --negative-ttl 1 --max-stale 9 --timeout 2
+grep -q "^Include $E/sshd_config.d/\*.conf" "$E/sshd_config" || fail "install.sh did not add the Include line"
+grep -q "^AuthorizedKeysCommandUser $SVC$" "$E/sshd_config.d/50-iam-authorized-keys.conf" || fail "drop-in user"
+[ "$(stat -c '%U %a' "$E/cache")" = "$SVC 700" ] || fail "cache dir owner/mode: $(stat -c '%U %a' "$E/cache")"
+[ "$(stat -c '%U %a' "$E/bin/iam-authorized-keys")" = "root 755" ] || fail "binary owner/mode"
+[ "$(getent shadow "$SVC" | cut -d: -f2)" = '!' ] || [ "$(getent shadow "$SVC" | cut -d: -f2)" = '!*' ] ||
+    fail "service user is not locked"
+pass "install.sh set up binary, user, cache dir, drop-in and Include"
+
+mkdir -p /run/sshd
+"$SSHD" -t -f "$E/sshd_config" || fail "sshd -t"
+"$SSHD" -f "$E/sshd_config" -E "$E/sshd.log"
+wait_port "$PORT" || fail "sshd did not start: $(cat "$E/sshd.log")"
+SSHD_PID=$(cat "$E/sshd.pid")
+
+for u in "${USERS[@]}"; do
+    useradd --no-create-home --home-dir / --shell /bin/sh "$u"
+    usermod -p '*' "$u"   # '!' counts as locked with UsePAM no
+done
+for k in alice stranger carol; do ssh-keygen -q -t ed25519 -N '' -C "$k" -f "$E/$k"; done
+iam create-user $ALICE
+ALICE_KEY=$(iam upload $ALICE "$E/alice.pub")
+iam create-user $CAROL
+iam upload $CAROL "$E/carol.pub" >/dev/null
+
+login() {  # login KEY USER -> exit status of a real ssh login running `true`
+    ssh -F /dev/null -i "$E/$1" -p "$PORT" -o BatchMode=yes -o StrictHostKeyChecking=no \
+        -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o ConnectTimeout=10 -o LogLevel=ERROR \
+        "$2@127.0.0.1" true
+}
+
+login alice $ALICE || fail "$ALICE with her active IAM key could not log in: $(tail -5 "$E/sshd.log")"
+grep -q "Accepted publickey for $ALICE" "$E/sshd.log" || fail "sshd did not log the accepted key"
+pass "login with an active IAM key"
+
+# The command exits 0 for sshd on success, run exactly as sshd runs it.
+out=$(cd / && runuser -u "$SVC" -- env -i PATH=/usr/bin:/bin HOME=/nonexistent \
+    "$E/bin/iam-authorized-keys" --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" \
+    --cache-dir "$E/cache" -- $ALICE) || fail "command exited $? as the AuthorizedKeysCommandUser"
+[ "$(echo "$out" | awk '{print $1" "$2}')" = "$(awk '{print $1" "$2}' "$E/alice.pub")" ] || fail "served key differs"
+pass "command exits 0 and prints the key as the AuthorizedKeysCommandUser"
+
+! login stranger $ALICE || fail "a key not in IAM logged in"
+pass "a key not in IAM is refused"
+! login alice $BOB || fail "a user with no IAM record logged in"
+pass "a user with no IAM record is refused"
+
+iam status $ALICE "$ALICE_KEY" Inactive
+sleep 4   # past the 3 s TTL
+! login alice $ALICE || fail "a deactivated key still logged in after the TTL"
+pass "a deactivated key is refused once the TTL has passed"
+
+# Emulator stopped: within max-stale the cached answer logs in; past it, nothing does.
+login carol $CAROL || fail "$CAROL could not log in"
+kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; PROXY_PID=
+sleep 4   # expired (TTL 3 s), younger than max-stale (9 s)
+login carol $CAROL || fail "stale answer within max-stale was not served: $(tail -5 "$E/sshd.log")"
+pass "IAM down: login from the cache within max-stale"
+sleep 6   # now older than max-stale
+! login carol $CAROL || fail "logged in past max-stale with IAM down"
+pass "IAM down: refused past max-stale"
+start_proxy
+login carol $CAROL || fail "$CAROL could not log in once IAM was back"
+pass "IAM back: login works again"
+
+! grep -q "Unsafe AuthorizedKeysCommand" "$E/sshd.log" || fail "sshd called the command unsafe"
+pass "sshd found the command path safe"
+
+kill "$SSHD_PID"; SSHD_PID=
+"$HERE/../install.sh" --uninstall --user "$SVC" --sshd-config "$E/sshd_config" --no-reload ||
+    fail "uninstall failed"
+! getent passwd "$SVC" >/dev/null || fail "uninstall left the service user"
+[ ! -e "$E/bin/iam-authorized-keys" ] && [ ! -e "$E/cache" ] && [ ! -e "$E/sshd_config.d" ] ||
+    fail "uninstall left files: $(ls "$E")"
+! grep -q "Include $E/sshd_config.d" "$E/sshd_config" || fail "uninstall left the Include line"
+[ ! -e /var/lib/iam-authorized-keys/$SVC.manifest ] || fail "uninstall left its manifest"
+pass "uninstall removes binary, cache, drop-in, Include line and user"
+
+echo "e2e: ${PASSED} passed, 0 failed"

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# install.sh into sandbox trees: what an image gets, idempotency, uninstall, rollback, refusals.
+#
+# usage: tests/install_test.sh STATIC_BINARY
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
+BIN=${1:?static binary}
+INSTALL=$HERE/../install.sh
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+
+snapshot() {  # every path with type, mode, owner, size, content hash; with a 2nd argument, mtimes too
+    local fmt='%p %y %m %u %s\n'
+    [ -n "${2:-}" ] && fmt='%p %y %m %u %s %T@\n'
+    (cd "$1" && find . -printf "$fmt" | sort && find . -type f -exec sha256sum {} + | sort)
+}
+
+# 1. An empty tree (an image pipeline staging dir): exactly these files, nothing user-specific.
+T=$W/empty; mkdir "$T"
+"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log1" || fail "install into empty tree: $(cat "$W/log1")"
+(cd "$T" && find . -mindepth 1 \( -type f -o -type l \) | sort) > "$W/files"
+cat > "$W/want" <<'EOF'
+./etc/ssh/sshd_config.d/50-iam-authorized-keys.conf
+./etc/sysusers.d/iam-authorized-keys.conf
+./etc/tmpfiles.d/iam-authorized-keys.conf
+./usr/local/bin/iam-authorized-keys
+./var/lib/iam-authorized-keys/iam-authorized-keys.manifest
+EOF
+diff -u "$W/want" "$W/files" || fail "unexpected files in the image tree"
+[ -d "$T/var/cache/iam-authorized-keys" ] && [ -z "$(ls -A "$T/var/cache/iam-authorized-keys")" ] ||
+    fail "cache dir missing or not empty"
+[ "$(stat -c %a "$T/var/cache/iam-authorized-keys")" = 700 ] || fail "cache dir mode"
+! find "$T" -name 'authorized_keys*' -o -name '*.json' -o -name 'credentials' | grep -q . ||
+    fail "keys, records or credentials in the image"
+grep -q "^AuthorizedKeysCommand /usr/local/bin/iam-authorized-keys -- %u$" \
+    "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" || fail "drop-in command line"
+grep -q "systemd-sysusers" "$W/log1" || fail "no note about the user being created at boot"
+pass "install into an empty tree writes only binary, drop-in, sysusers/tmpfiles entries and manifest"
+
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+[ -z "$(find "$T" -mindepth 1)" ] || fail "uninstall left: $(find "$T" -mindepth 1)"
+pass "uninstall empties the tree again"
+
+# 2. A tree like a real root: existing sshd_config without Include, /etc/passwd, flags.
+T=$W/root; mkdir -p "$T/etc/ssh" "$T/usr/sbin"
+cp /etc/passwd /etc/group "$T/etc/"; cp /etc/shadow /etc/gshadow "$T/etc/" 2>/dev/null || true
+printf 'Port 22\nPasswordAuthentication no\n' > "$T/etc/ssh/sshd_config"
+before=$(snapshot "$T")
+"$INSTALL" --root "$T" --binary "$BIN" --ttl 10m --max-stale 2h --region eu-west-1 2>"$W/log2" ||
+    fail "install into root-like tree: $(cat "$W/log2")"
+head -2 "$T/etc/ssh/sshd_config" | grep -q "^Include /etc/ssh/sshd_config.d/\*.conf$" || fail "Include not first"
+grep -q "^AuthorizedKeysCommand /usr/local/bin/iam-authorized-keys --ttl 10m --max-stale 2h --region eu-west-1 -- %u$" \
+    "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" || fail "flags not in the drop-in"
+grep -q "^iam-authorized-keys:" "$T/etc/passwd" || fail "user not created in the tree"
+[ "$(stat -c %u "$T/var/cache/iam-authorized-keys")" = "$(awk -F: '$1=="iam-authorized-keys"{print $3}' "$T/etc/passwd")" ] ||
+    fail "cache dir not owned by the service user"
+pass "install adds Include at the top, flags to the drop-in, the user to the tree"
+
+first=$(snapshot "$T" mtime)
+"$INSTALL" --root "$T" --binary "$BIN" --ttl 10m --max-stale 2h --region eu-west-1 2>/dev/null
+[ "$first" = "$(snapshot "$T" mtime)" ] || { diff <(echo "$first") <(snapshot "$T" mtime) >&2; fail "second install changed the tree"; }
+pass "a second identical install changes nothing"
+
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+# userdel rewrites the account files (and leaves *- backups): compare those by content instead.
+accounts='etc/\(passwd\|group\|shadow\|gshadow\)-\?\( \|$\)'
+[ "$(echo "$before" | grep -v "$accounts")" = "$(snapshot "$T" | grep -v "$accounts")" ] ||
+    { diff <(echo "$before") <(snapshot "$T") >&2; fail "uninstall did not restore the tree"; }
+cmp -s /etc/passwd "$T/etc/passwd" && cmp -s /etc/group "$T/etc/group" || fail "account files differ after uninstall"
+! grep -q "^iam-authorized-keys:" "$T/etc/passwd" || fail "uninstall left the user"
+pass "uninstall restores sshd_config and removes the user it created"
+
+# 3. sshd -t failure rolls back: a drop-in sshd rejects (bad flag value sneaks no further than safe_value,
+#    so break the template copy instead).
+T=$W/rollback; mkdir -p "$T/etc/ssh"
+printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
+cp -r "$HERE/.." "$W/src" 2>/dev/null || true
+rm -rf "$W/src/target"
+echo "NoSuchSshdOption yes" >> "$W/src/sshd_config.d/50-iam-authorized-keys.conf"
+before=$(snapshot "$T")
+if "$W/src/install.sh" --root "$T" --binary "$BIN" 2>"$W/log3"; then fail "install with a broken drop-in succeeded"; fi
+grep -q "rolling back" "$W/log3" || fail "no rollback message: $(cat "$W/log3")"
+[ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "rollback left changes"; }
+pass "sshd -t failure rolls every change back"
+
+# 4. Refusals say what to fix.
+for args in "--ttl 5%u" "--user root" "--cache-dir relative" "--bogus" "--region a\"b"; do
+    # shellcheck disable=SC2086
+    if "$INSTALL" --root "$W/empty" --binary "$BIN" $args 2>"$W/err"; then fail "accepted: $args"; fi
+    [ -s "$W/err" ] || fail "no message for: $args"
+done
+[ -z "$(find "$W/empty" -mindepth 1)" ] || fail "a refused install wrote files"
+"$INSTALL" --help | grep -q -- "--uninstall" || fail "--help"
+pass "bad options are refused before anything is written"
+
+echo "install: ${PASSED} passed, 0 failed"

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The test command: installs every prerequisite, then runs every tier. A missing prerequisite is a
+# failure, never a skip.
+#   lint:        cargo fmt --check, cargo clippy --all-targets -D warnings
+#   unit:        cargo test --lib (pure logic, aws-smithy-mocks for SDK error shapes)
+#   integration: the real binary against moto through a fault-injecting proxy (cargo test --test moto)
+#   static:      the musl static-pie release binary, run inside an empty chroot against moto
+#   install:     install.sh into sandbox trees (tests/install_test.sh)
+#   e2e:         a private sshd on loopback set up by install.sh; real ssh logins (tests/e2e.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+. tests/lib.sh
+TARGET=x86_64-unknown-linux-musl
+export CARGO_TERM_COLOR=never
+
+step() { echo; echo "=== $* ==="; }
+
+step "prerequisites"
+[ "$(id -u)" = 0 ] || fail "tests/run.sh needs root (apt packages, local users, a private sshd)"
+need_pkgs=()
+for p in openssh-server openssh-client musl-tools python3-venv file openssl; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "installing ${need_pkgs[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >/dev/null
+fi
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
+# moto in a venv under target/ (cached between runs, never committed). python3 -m venv needs a python
+# with ensurepip; Debian's python3-venv provides it for /usr/bin/python3.
+VENV=$ROOT/target/moto-venv
+if ! "$VENV/bin/python" -c 'import moto, boto3, flask' 2>/dev/null; then
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5'
+fi
+"$VENV/bin/moto_server" --help >/dev/null || fail "moto_server not runnable"
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || fail "sshd missing"
+command -v x86_64-linux-musl-gcc >/dev/null || fail "musl-tools missing"
+
+step "lint"
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+
+step "unit"
+cargo test --locked --lib
+
+step "moto"
+MOTO_PORT=$(free_port)
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >target/moto.log 2>&1 &
+MOTO_PID=$!
+trap 'kill $MOTO_PID 2>/dev/null || true' EXIT
+wait_port "$MOTO_PORT" 30 || fail "moto did not start: $(cat target/moto.log)"
+export IAK_MOTO_URL=http://127.0.0.1:$MOTO_PORT
+
+step "integration (real binary against moto)"
+cargo test --locked --test moto
+
+step "static release binary"
+cargo build --locked --release --target "$TARGET"
+cargo build --locked --example faultproxy
+BIN=$ROOT/target/$TARGET/release/iam-authorized-keys
+PROXY=$ROOT/target/debug/examples/faultproxy
+tests/static_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"
+
+step "install.sh"
+tests/install_test.sh "$BIN"
+
+step "end to end through a real sshd"
+tests/e2e.sh "$BIN" "$PROXY" "$IAK_MOTO_URL" "$VENV/bin/python"
+
+echo
+echo "all tiers passed"
