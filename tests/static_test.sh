@@ -23,17 +23,19 @@ echo "binary: $size bytes; $desc"
 [ "$size" -le $((5 * 1024 * 1024)) ] || fail "binary is $size bytes, over the 5 MB target"
 pass "static-pie, no dynamic dependencies, $(( size / 1024 )) KiB"
 
+U=iakstatic$$   # unique: the emulator may outlive one run
 ssh-keygen -q -t ed25519 -N '' -C static -f "$W/key"
-"$PY" "$HERE/iam_admin.py" "$MOTO_URL" create-user iakstatic
-"$PY" "$HERE/iam_admin.py" "$MOTO_URL" upload iakstatic "$W/key.pub" >/dev/null
+"$PY" "$HERE/iam_admin.py" "$MOTO_URL" create-user "$U"
+"$PY" "$HERE/iam_admin.py" "$MOTO_URL" upload "$U" "$W/key.pub" >/dev/null
 want=$(awk '{print $1" "$2}' "$W/key.pub")
 
 C=$W/chroot; mkdir -p "$C"
+CHROOT=$(command -v chroot) || fail "chroot not found"
 install -m 0755 "$BIN" "$C/iam-authorized-keys"
 printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$C/credentials"
 chmod 0600 "$C/credentials"
 in_chroot() {
-    env -i chroot "$C" /iam-authorized-keys --no-cache --timeout 3s --credentials-file /credentials "$@" -- iakstatic
+    env -i "$CHROOT" "$C" /iam-authorized-keys --no-cache --timeout 3s --credentials-file /credentials "$@" -- "$U"
 }
 out=$(in_chroot --endpoint-url "$MOTO_URL") || fail "binary failed in an empty chroot"
 [ "$(echo "$out" | awk '{print $1" "$2}')" = "$want" ] || fail "chroot output: $out"
@@ -49,10 +51,9 @@ TLS_PORT=$(free_port)
 "$(dirname "$PY")/moto_server" -H 127.0.0.1 -p "$TLS_PORT" -c "$W/srv.pem" -k "$W/srv.key" >"$W/tls.log" 2>&1 &
 TLS_PID=$!
 wait_port "$TLS_PORT" 30 || fail "TLS moto did not start: $(cat "$W/tls.log")"
-"$PY" "$HERE/iam_admin.py" "$MOTO_URL" create-user iakstatic >/dev/null 2>&1 || true
 # A separate moto process has its own state: create the user there too (through its TLS endpoint).
-REQUESTS_CA_BUNDLE=$W/ca.pem AWS_CA_BUNDLE=$W/ca.pem "$PY" "$HERE/iam_admin.py" "https://127.0.0.1:$TLS_PORT" create-user iakstatic
-AWS_CA_BUNDLE=$W/ca.pem "$PY" "$HERE/iam_admin.py" "https://127.0.0.1:$TLS_PORT" upload iakstatic "$W/key.pub" >/dev/null
+REQUESTS_CA_BUNDLE=$W/ca.pem AWS_CA_BUNDLE=$W/ca.pem "$PY" "$HERE/iam_admin.py" "https://127.0.0.1:$TLS_PORT" create-user "$U"
+AWS_CA_BUNDLE=$W/ca.pem "$PY" "$HERE/iam_admin.py" "https://127.0.0.1:$TLS_PORT" upload "$U" "$W/key.pub" >/dev/null
 
 if in_chroot --endpoint-url "https://127.0.0.1:$TLS_PORT" >"$W/out" 2>"$W/err"; then
     fail "HTTPS succeeded with no CA bundle in the chroot"
