@@ -278,6 +278,7 @@ fn ask_iam(
     if budget < MIN_IAM_BUDGET {
         return Err(Error::Deadline(cfg.timeout.as_millis()));
     }
+    iam::pin_trust_roots(cfg);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

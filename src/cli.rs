@@ -58,6 +58,11 @@ pub struct Cli {
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
 
+    /// PEM bundle of TLS trust roots [default: the first of /etc/ssl/certs/ca-certificates.crt,
+    /// /etc/pki/tls/certs/ca-bundle.crt, /etc/ssl/cert.pem]; SSL_CERT_FILE/SSL_CERT_DIR win when set.
+    #[arg(long, value_name = "PATH")]
+    pub ca_bundle: Option<PathBuf>,
+
     /// Explain each step on stderr (-vv for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

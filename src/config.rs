@@ -28,6 +28,8 @@ pub struct Config {
     pub endpoint_url: Option<String>,
     pub credentials_file: Option<PathBuf>,
     pub profile: Option<String>,
+    /// TLS trust roots; `None`: the first well-known system bundle that exists.
+    pub ca_bundle: Option<PathBuf>,
     pub verbose: u8,
     pub json: bool,
 }
@@ -87,6 +89,7 @@ const FILE_KEYS: &[&str] = &[
     "endpoint-url",
     "credentials-file",
     "profile",
+    "ca-bundle",
 ];
 
 /// Reads a config file that only root can have written: root-owned, not group/world-writable, a
@@ -234,6 +237,10 @@ impl Config {
                 .map_err(|e| Error::Config(format!("credentials file: {e}")))?;
         }
         let profile = pick(&cli.profile, "profile");
+        let ca_bundle = cli
+            .ca_bundle
+            .clone()
+            .or_else(|| file.get("ca-bundle").map(PathBuf::from));
         Ok(Config {
             freshness,
             timeout,
@@ -242,6 +249,7 @@ impl Config {
             endpoint_url,
             credentials_file,
             profile,
+            ca_bundle,
             verbose: cli.verbose,
             json: cli.json,
         })

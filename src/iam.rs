@@ -33,6 +33,42 @@ pub struct Fetched {
     pub calls: u32,
 }
 
+/// Where distributions keep the system's PEM bundle of trust roots: Debian, Ubuntu, Flatcar and Alpine;
+/// Amazon Linux, RHEL and Fedora; BSD-style and macOS.
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// Points the TLS stack at one PEM bundle. Without this, rustls-native-certs also parses every file in
+/// /etc/ssl/certs (milliseconds on every cold lookup). The operator's SSL_CERT_FILE/SSL_CERT_DIR win.
+/// Called before the runtime exists, while the process has one thread.
+pub fn pin_trust_roots(cfg: &Config) {
+    if std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some() {
+        return;
+    }
+    let chosen = match &cfg.ca_bundle {
+        Some(p) => Some(p.clone()),
+        None => CA_BUNDLES
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.is_file()),
+    };
+    if let Some(p) = chosen {
+        std::env::set_var("SSL_CERT_FILE", p);
+    }
+}
+
+/// The HTTPS client for IAM, STS and IMDS: rustls with ring, trust roots from the system store
+/// (`/etc/ssl/certs/ca-certificates.crt` and the other usual places, or SSL_CERT_FILE).
+pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 /// Builds the IAM client. Credentials come from aws-config's default chain (environment, profile files,
 /// web identity, ECS, IMDSv2), or from the profile file named in our config, since sshd passes no environment.
 pub async fn client(cfg: &Config, budget: Duration) -> Client {
@@ -41,6 +77,7 @@ pub async fn client(cfg: &Config, budget: Duration) -> Client {
         .operation_timeout(budget)
         .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client())
         .region(aws_config::Region::new(cfg.region.clone()))
         .timeout_config(timeouts)
         .retry_config(

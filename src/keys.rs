@@ -10,8 +10,7 @@ pub const MIN_RSA_BITS: usize = 2048;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalKey {
     text: String,
-    fingerprint: String,
-    algorithm: String,
+    key: PublicKey,
 }
 
 impl CanonicalKey {
@@ -19,12 +18,13 @@ impl CanonicalKey {
     pub fn as_str(&self) -> &str {
         &self.text
     }
-    /// `SHA256:<base64>`, as `ssh-keygen -l` and sshd's `%f` print it.
-    pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
+    /// `SHA256:<base64>`, as `ssh-keygen -l` and sshd's `%f` print it. Computed on demand: a cache hit
+    /// that only prints keys never hashes them.
+    pub fn fingerprint(&self) -> String {
+        self.key.fingerprint(HashAlg::Sha256).to_string()
     }
     pub fn algorithm(&self) -> &str {
-        &self.algorithm
+        self.text.split(' ').next().unwrap_or_default()
     }
 }
 
@@ -74,11 +74,7 @@ pub fn canonicalize(body: &str) -> Result<CanonicalKey, KeyRejected> {
         .map_err(|e| KeyRejected::Parse(e.to_string()))?
         .trim_end()
         .to_string();
-    Ok(CanonicalKey {
-        fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
-        algorithm: key.algorithm().as_str().to_string(),
-        text,
-    })
+    Ok(CanonicalKey { text, key: bare })
 }
 
 fn bit_length(be: &[u8]) -> usize {

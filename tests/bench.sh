@@ -4,6 +4,12 @@
 #
 # usage: tests/bench.sh [RUNS]     (default 500 warm runs)
 set -euo pipefail
+# Measure in an environment like sshd's: nothing but PATH and HOME=/nonexistent (no AWS_*, no SSL_CERT_*).
+if [ -z "${IAK_BENCH_CLEAN:-}" ]; then
+    exec env -i IAK_BENCH_CLEAN=1 PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin:$HOME/.cargo/bin \
+        HOME=/nonexistent CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" \
+        bash "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 . tests/lib.sh
@@ -29,7 +35,8 @@ wait_port "$MPORT" 30 || fail "moto"
 "$PROXY" "127.0.0.1:$PPORT" "127.0.0.1:$MPORT" 2>/dev/null & PIDS+=($!)
 wait_port "$PPORT" || fail "proxy"
 ctl() { python3 -c "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1]).read().decode(), end='')" "http://127.0.0.1:$PPORT/__proxy/$1"; }
-export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$W/credentials"
+chmod 600 "$W/credentials"
 iam() { "$VENV/bin/python" tests/iam_admin.py "http://127.0.0.1:$MPORT" "$@"; }
 for u in bench1 bench5; do iam create-user $u; done
 ssh-keygen -q -t ed25519 -N '' -f "$W/k0"; iam upload bench1 "$W/k0.pub" >/dev/null
@@ -40,7 +47,7 @@ printf 'int main(void){return 0;}\n' > "$W/noop.c"
 x86_64-linux-musl-gcc -O2 -static-pie -o "$W/noop" "$W/noop.c"
 
 mkdir -m 700 "$W/cache"
-IAK="$BIN --endpoint-url http://127.0.0.1:$PPORT --cache-dir $W/cache"
+IAK="$BIN --endpoint-url http://127.0.0.1:$PPORT --credentials-file $W/credentials --cache-dir $W/cache"
 $IAK bench5 >/dev/null
 echo "## machine"; echo "$(nproc) cores, $(uname -r), $(date -u +%F)"
 echo "binary: $(stat -c %s "$BIN") bytes"

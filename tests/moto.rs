@@ -52,6 +52,7 @@ impl Iam {
                 "test", "test", None, None, "tests",
             ))
             .endpoint_url(moto_url())
+            .http_client(iam_authorized_keys::iam::http_client())
             .build();
         Iam {
             rt: runtime(),

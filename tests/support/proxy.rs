@@ -97,6 +97,7 @@ impl Proxy {
 
     fn serve(&self, conn: TcpStream, upstream: SocketAddr) -> std::io::Result<()> {
         conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        conn.set_nodelay(true)?;
         let mut reader = BufReader::new(conn.try_clone()?);
         let mut conn = conn;
         let mut head = String::new();
@@ -176,10 +177,11 @@ impl Proxy {
 
         let mut up = TcpStream::connect(upstream)?;
         up.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(up, "{request_line}{head}Connection: close\r\n\r\n")?;
-        up.write_all(&body)?;
-        let mut response = Vec::new();
-        up.read_to_end(&mut response)?;
+        up.set_nodelay(true)?;
+        let mut request = format!("{request_line}{head}Connection: close\r\n\r\n").into_bytes();
+        request.extend_from_slice(&body);
+        up.write_all(&request)?;
+        let response = read_response(&mut up)?;
         conn.write_all(&response)?;
         let _ = conn.shutdown(Shutdown::Write);
         Ok(())
@@ -219,6 +221,37 @@ impl Proxy {
                 "ok\n".into()
             }
             _ => "unknown\n".into(),
+        }
+    }
+}
+
+/// Reads one HTTP response: headers, then Content-Length bytes (or to EOF without one), so the proxy
+/// does not wait for the upstream to close the connection.
+fn read_response(up: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = up.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(buf);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if let Some(len) = len {
+                while buf.len() < end + 4 + len {
+                    let n = up.read(&mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                return Ok(buf);
+            }
         }
     }
 }
