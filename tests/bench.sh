@@ -18,7 +18,7 @@ TARGET=x86_64-unknown-linux-musl
 BIN=$ROOT/target/$TARGET/release/iam-authorized-keys
 PROXY=$ROOT/target/debug/examples/faultproxy
 VENV=$ROOT/target/moto-venv
-for p in hyperfine time; do
+for p in hyperfine time linux-perf; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$p" >/dev/null
 done
@@ -80,6 +80,12 @@ for r in json.load(open(sys.argv[1]))["results"]:
 EOF
 done
 ctl "set?latency_ms=0" >/dev/null
+
+echo; echo "## CPU time of our own process (perf stat task-clock, 20 runs)"
+for args in "bench5" "--no-cache bench5"; do
+    tc=$(perf stat -r 20 -x, -e task-clock $IAK $args 2>&1 >/dev/null | awk -F, '/task-clock/ {print $1}')
+    echo "$args: ${tc} ms"
+done
 
 echo; echo "## IAM calls"
 ctl clear >/dev/null; rm -f "$W/cache"/*
