@@ -77,14 +77,15 @@ fn nofollow_flags() -> i32 {
     (OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC).bits() as i32
 }
 
-/// Opens `path` without following a final symlink and checks the open handle: a regular file, owned by
-/// `owner`, not group/world-writable, not larger than [`MAX_READ`]. Returns `Ok(None)` when it does not exist.
-pub fn read_checked(path: &Path, owner: u32) -> Result<Option<Vec<u8>>, Error> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(nofollow_flags())
-        .open(path)
-    {
+/// Opens `path` through `opts`, never following a final symlink nor blocking on a FIFO, and checks the
+/// open handle: a regular file, owned by `owner(&metadata)`, not group/world-writable. `Ok(None)` when it
+/// does not exist.
+fn open_checked(
+    path: &Path,
+    opts: &mut OpenOptions,
+    owner: impl Fn(&Metadata) -> u32,
+) -> Result<Option<(File, Metadata)>, Error> {
+    let file = match opts.custom_flags(nofollow_flags()).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
@@ -96,7 +97,16 @@ pub fn read_checked(path: &Path, owner: u32) -> Result<Option<Vec<u8>>, Error> {
     if !meta.is_file() {
         return Err(unsafe_path(path, "is not a regular file"));
     }
-    check_owner_mode(path, &meta, owner)?;
+    check_owner_mode(path, &meta, owner(&meta))?;
+    Ok(Some((file, meta)))
+}
+
+/// Reads a file that must be owned by `owner` (see [`open_checked`]), at most [`MAX_READ`] bytes.
+/// Returns `Ok(None)` when it does not exist.
+pub fn read_checked(path: &Path, owner: u32) -> Result<Option<Vec<u8>>, Error> {
+    let Some((file, meta)) = open_checked(path, OpenOptions::new().read(true), |_| owner)? else {
+        return Ok(None);
+    };
     if meta.len() > MAX_READ {
         return Err(unsafe_path(
             path,
@@ -117,23 +127,11 @@ pub fn read_checked(path: &Path, owner: u32) -> Result<Option<Vec<u8>>, Error> {
 /// file owned by root or by us, not group/world-writable. Anyone who could rewrite it could point us at
 /// their own AWS account and so plant keys.
 pub fn check_trusted_file(path: &Path) -> Result<(), Error> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(nofollow_flags())
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-                unsafe_path(path, "is a symbolic link")
-            } else {
-                Error::io(path, e)
-            }
-        })?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(unsafe_path(path, "is not a regular file"));
+    let trusted_owner = |m: &Metadata| if m.uid() == 0 { 0 } else { euid() };
+    match open_checked(path, OpenOptions::new().read(true), trusted_owner)? {
+        Some(_) => Ok(()),
+        None => Err(Error::io(path, ErrorKind::NotFound.into())),
     }
-    let owner = if meta.uid() == 0 { 0 } else { euid() };
-    check_owner_mode(path, &meta, owner)
 }
 
 static TEMP_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -193,26 +191,14 @@ pub struct Lock {
 /// Takes the exclusive lock on `path` (created 0600 if missing), polling until `deadline`. `Ok(None)`
 /// means another process held it the whole time.
 pub fn lock_until(path: &Path, deadline: Instant) -> Result<Option<Lock>, Error> {
-    let file = OpenOptions::new()
-        .read(true)
+    let mut opts = OpenOptions::new();
+    opts.read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
-        .custom_flags(nofollow_flags())
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-                unsafe_path(path, "is a symbolic link")
-            } else {
-                Error::io(path, e)
-            }
-        })?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(unsafe_path(path, "is not a regular file"));
-    }
-    check_owner_mode(path, &meta, euid())?;
+        .mode(0o600);
+    let (file, _) = open_checked(path, &mut opts, |_| euid())?
+        .ok_or_else(|| Error::io(path, ErrorKind::NotFound.into()))?;
     let mut pause = Duration::from_millis(1);
     loop {
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
