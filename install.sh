@@ -245,8 +245,9 @@ rollback() {
     local i
     for ((i=${#CREATED[@]}-1; i>=0; i--)); do rm -rf --one-file-system "${CREATED[$i]}"; done
     if [ -n "$USER_CREATED_NOW" ]; then
-        userdel "$SVC_USER" 2>/dev/null || true
-        groupdel "$SVC_USER" 2>/dev/null || true
+        local prefix=(); [ -n "$R" ] && prefix=(--prefix "$R")
+        userdel "${prefix[@]}" "$SVC_USER" 2>/dev/null || true
+        groupdel "${prefix[@]}" "$SVC_USER" 2>/dev/null || true
     fi
     exit 1
 }
@@ -281,7 +282,7 @@ if ! user_exists; then
             --comment "iam-authorized-keys lookup" --user-group "$SVC_USER"
         USER_CREATED_NOW=1
     elif [ -f "$R/etc/passwd" ] && [ $IS_ROOT = 1 ]; then
-        USER_CREATED_NOW=
+        USER_CREATED_NOW=1
         useradd --prefix "$R" --system --no-create-home --home-dir /nonexistent --shell "$nologin" \
             --comment "iam-authorized-keys lookup" --user-group "$SVC_USER"
     else

@@ -71,6 +71,17 @@ cmp -s /etc/passwd "$T/etc/passwd" && cmp -s /etc/group "$T/etc/group" || fail "
 ! grep -q "^iam-authorized-keys:" "$T/etc/passwd" || fail "uninstall left the user"
 pass "uninstall restores sshd_config and removes the user it created"
 
+# Flatcar: read-only /usr, so the binary goes to /opt/bin and the drop-in points there.
+T=$W/flatcar; mkdir -p "$T/etc/ssh"
+printf 'ID=flatcar\nNAME="Flatcar Container Linux by Kinvolk"\n' > "$T/etc/os-release"
+printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
+"$INSTALL" --root "$T" --binary "$BIN" 2>/dev/null || fail "install into a Flatcar tree"
+[ -x "$T/opt/bin/iam-authorized-keys" ] && [ ! -e "$T/usr/local/bin/iam-authorized-keys" ] || fail "not in /opt/bin"
+grep -q "^AuthorizedKeysCommand /opt/bin/iam-authorized-keys -- %u$" "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" ||
+    fail "Flatcar drop-in does not point at /opt/bin"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+pass "Flatcar tree: binary in /opt/bin, drop-in points there"
+
 # 3. sshd -t failure rolls back: a drop-in sshd rejects (bad flag value sneaks no further than safe_value,
 #    so break the template copy instead).
 T=$W/rollback; mkdir -p "$T/etc/ssh"
