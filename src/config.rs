@@ -171,6 +171,9 @@ impl Config {
         let pick = |flag: &Option<String>, key: &str| -> Option<String> {
             flag.clone().or_else(|| file.get(key).map(str::to_string))
         };
+        let pick_path = |flag: &Option<PathBuf>, key: &str| -> Option<PathBuf> {
+            flag.clone().or_else(|| file.get(key).map(PathBuf::from))
+        };
         let dur = |flag: &Option<String>, key: &str, default: &str| -> Result<Duration, Error> {
             parse_duration(key, &pick(flag, key).unwrap_or_else(|| default.to_string()))
         };
@@ -193,10 +196,7 @@ impl Config {
         let cache_dir = if no_cache {
             None
         } else {
-            let dir = cli
-                .cache_dir
-                .clone()
-                .or_else(|| file.get("cache-dir").map(PathBuf::from))
+            let dir = pick_path(&cli.cache_dir, "cache-dir")
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
             if !dir.is_absolute() {
                 return Err(Error::Config(format!(
@@ -222,10 +222,7 @@ impl Config {
             Some(u) if !u.is_empty() => Some(check_endpoint(&u)?),
             _ => None,
         };
-        let credentials_file = cli
-            .credentials_file
-            .clone()
-            .or_else(|| file.get("credentials-file").map(PathBuf::from));
+        let credentials_file = pick_path(&cli.credentials_file, "credentials-file");
         if let Some(p) = &credentials_file {
             if !p.is_absolute() {
                 return Err(Error::Config(format!(
@@ -237,10 +234,7 @@ impl Config {
                 .map_err(|e| Error::Config(format!("credentials file: {e}")))?;
         }
         let profile = pick(&cli.profile, "profile");
-        let ca_bundle = cli
-            .ca_bundle
-            .clone()
-            .or_else(|| file.get("ca-bundle").map(PathBuf::from));
+        let ca_bundle = pick_path(&cli.ca_bundle, "ca-bundle");
         Ok(Config {
             freshness,
             timeout,

@@ -479,13 +479,14 @@ fn iam_faults_fall_back_to_stale_or_fail_closed() {
     }
 }
 
-/// Writes a record for `user` that a local attacker would like us to serve.
-fn plant(path: &Path, user: &str, key: &str) {
+/// Writes a record for `user` that a local attacker would like us to serve, with file mode `mode`.
+fn plant(path: &Path, user: &str, key: &str, mode: u32) {
     let rec = serde_json::json!({
         "version": 1, "iam_user": user, "fetched_at": now(),
         "outcome": "keys", "keys": [{"id": "APKAPLANTED", "key": canonical(key)}]
     });
     std::fs::write(path, serde_json::to_vec(&rec).expect("enc")).expect("plant");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
 fn now() -> u64 {
@@ -507,8 +508,7 @@ fn tampered_records_are_ignored_and_replaced() {
     let rec = c.record(&u);
 
     // Sanity: a planted record that passes every check would be served; that is what the checks stop.
-    plant(&rec, &u, &evil);
-    std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    plant(&rec, &u, &evil, 0o600);
     assert_eq!(served(&c.run(&u, &[]), &u), vec![canonical(&evil)]);
 
     let outside = c.dir.path().join("outside.json");
@@ -517,23 +517,19 @@ fn tampered_records_are_ignored_and_replaced() {
         (
             "chmod 666",
             Box::new(|| {
-                plant(&rec, &u, &evil);
-                std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o666))
-                    .expect("chmod");
+                plant(&rec, &u, &evil, 0o666);
             }),
         ),
         (
             "chmod 620",
             Box::new(|| {
-                plant(&rec, &u, &evil);
-                std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o620))
-                    .expect("chmod");
+                plant(&rec, &u, &evil, 0o620);
             }),
         ),
         (
             "owner changed",
             Box::new(|| {
-                plant(&rec, &u, &evil);
+                plant(&rec, &u, &evil, 0o600);
                 std::os::unix::fs::chown(&rec, Some(65534), Some(65534))
                     .expect("chown (tests run as root)");
             }),
@@ -541,9 +537,7 @@ fn tampered_records_are_ignored_and_replaced() {
         (
             "symlink",
             Box::new(|| {
-                plant(&outside, &u, &evil);
-                std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600))
-                    .expect("chmod");
+                plant(&outside, &u, &evil, 0o600);
                 std::fs::remove_file(&rec).expect("rm");
                 std::os::unix::fs::symlink(&outside, &rec).expect("symlink");
             }),
@@ -563,7 +557,10 @@ fn tampered_records_are_ignored_and_replaced() {
                 assert!(st.success());
             }),
         ),
-        ("wrong user", Box::new(|| plant(&rec, "someoneelse", &evil))),
+        (
+            "wrong user",
+            Box::new(|| plant(&rec, "someoneelse", &evil, 0o600)),
+        ),
         (
             "garbage key",
             Box::new(|| {
