@@ -165,6 +165,15 @@ impl Case {
         }
     }
 
+    /// A new IAM user (named from `prefix`, unique per run) with one uploaded key; returns both.
+    fn user_with_key(&self, prefix: &str) -> (String, String) {
+        let u = unique(prefix);
+        self.iam.user(&u);
+        let k = keygen(self.dir.path(), &format!("{u}-k"));
+        self.iam.upload(&u, &k);
+        (u, k)
+    }
+
     fn cache(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
@@ -325,10 +334,7 @@ fn negative_answers_are_answers_and_are_cached() {
 #[test]
 fn warm_hit_needs_no_emulator_and_stale_is_bounded() {
     let c = Case::new();
-    let u = unique("stale");
-    c.iam.user(&u);
-    let k = keygen(c.dir.path(), "k");
-    c.iam.upload(&u, &k);
+    let (u, k) = c.user_with_key("stale");
     assert_eq!(served(&c.run(&u, &[]), &u), vec![canonical(&k)]);
 
     // Emulator gone: fresh record served as is.
@@ -370,10 +376,7 @@ fn warm_hit_needs_no_emulator_and_stale_is_bounded() {
 #[test]
 fn iam_faults_fall_back_to_stale_or_fail_closed() {
     let c = Case::new();
-    let u = unique("faults");
-    c.iam.user(&u);
-    let k = keygen(c.dir.path(), "k");
-    c.iam.upload(&u, &k);
+    let (u, k) = c.user_with_key("faults");
     let faults = [
         (
             "throttling",
@@ -601,10 +604,7 @@ fn rustix_euid() -> u32 {
 #[test]
 fn unsafe_cache_directory_is_not_used() {
     let c = Case::new();
-    let u = unique("baddir");
-    c.iam.user(&u);
-    let k = keygen(c.dir.path(), "k");
-    c.iam.upload(&u, &k);
+    let (u, k) = c.user_with_key("baddir");
     std::fs::create_dir(c.cache()).expect("mkdir");
     std::fs::set_permissions(c.cache(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let o = c.run(&u, &[]);
@@ -702,10 +702,7 @@ fn invalid_names_are_refused_before_any_call() {
 #[test]
 fn credentials_come_from_a_trusted_file_without_environment() {
     let c = Case::new();
-    let u = unique("creds");
-    c.iam.user(&u);
-    let k = keygen(c.dir.path(), "k");
-    c.iam.upload(&u, &k);
+    let (u, k) = c.user_with_key("creds");
     let creds = c.dir.path().join("credentials");
     let mut f = std::fs::File::create(&creds).expect("create");
     writeln!(
