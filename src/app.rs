@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cache::{self, Cache, Loaded, Outcome, Record, ServedKey};
-use crate::cli::Cli;
-use crate::config::{Config, Freshness};
+use crate::cli::{Cli, Command};
+use crate::config::{Config, Env, Freshness};
 use crate::error::Error;
 use crate::log::Log;
-use crate::username::LoginName;
-use crate::{fsutil, iam, output};
+use crate::policy::{self, Verdict};
+use crate::username::{sanitize, LoginName};
+use crate::{fsutil, iam, keyopts, output};
 
 /// How far in the future a record's timestamp may lie (clock steps) before the record is distrusted.
 const MAX_CLOCK_SKEW_SECS: u64 = 5;
@@ -36,6 +37,12 @@ pub struct Answer {
     pub refused: Vec<(String, String)>,
     pub age_secs: u64,
     pub iam_calls: u32,
+    /// Unix seconds of the IAM answer.
+    pub fetched_at: u64,
+    /// The user's IAM groups, when the group rule asked for them.
+    pub groups: Option<Vec<String>>,
+    /// The group rule's verdict, when there is a group rule.
+    pub group_verdict: Option<Verdict>,
 }
 
 /// The state of a cached record at `now`.
@@ -92,19 +99,144 @@ fn from_cache(l: Loaded, source: Source, age: u64) -> Answer {
         refused: Vec::new(),
         age_secs: age,
         iam_calls: 0,
+        fetched_at: l.record.fetched_at,
+        groups: l.record.groups,
+        group_verdict: None,
+    }
+}
+
+/// Does a cached record answer the question the current configuration asks? A record fetched without the
+/// group rule says nothing about groups; a group refusal under a rule that has since changed is void.
+fn fits(record: &Record, allowed_groups: &[String]) -> bool {
+    match (&record.outcome, &record.groups) {
+        (Outcome::NoSuchUser, _) => true,
+        (Outcome::Keys, None) => allowed_groups.is_empty(),
+        (Outcome::Keys, Some(_)) => true,
+        (Outcome::NotInAllowedGroup, Some(g)) => matches!(
+            policy::check_groups(allowed_groups, g),
+            Some(Verdict::Refused(_))
+        ),
+        (Outcome::NotInAllowedGroup, None) => false,
+    }
+}
+
+/// Applies the group rule to an answer from IAM or the cache: a refused user keeps no key.
+fn apply_groups(answer: &mut Answer, allowed_groups: &[String]) {
+    if answer.outcome == Outcome::NoSuchUser {
+        return;
+    }
+    let groups = answer.groups.clone().unwrap_or_default();
+    answer.group_verdict = policy::check_groups(allowed_groups, &groups);
+    if let Some(Verdict::Refused(_)) = answer.group_verdict {
+        answer.keys.clear();
+    }
+}
+
+/// The audit arguments sshd passes with `%f %t`, checked before they reach a log line.
+#[derive(Debug, Default)]
+pub struct Offered {
+    pub fingerprint: Option<String>,
+    pub key_type: Option<String>,
+}
+
+impl Offered {
+    fn from_cli(cli: &Cli, log: &Log) -> Offered {
+        let check = |raw: &Option<std::ffi::OsString>, what: &str, ok: fn(&str) -> bool| {
+            let raw = raw.as_ref()?;
+            match raw.to_str().filter(|s| ok(s)) {
+                Some(s) => Some(s.to_string()),
+                None => {
+                    log.warn(&format!(
+                        "ignoring offered key {what} {:?}: not what sshd's %{} gives",
+                        sanitize(&raw.to_string_lossy()),
+                        if what == "type" { 't' } else { 'f' }
+                    ));
+                    None
+                }
+            }
+        };
+        Offered {
+            fingerprint: check(&cli.offered_fingerprint, "fingerprint", |s| {
+                s.len() <= 100
+                    && (s.starts_with("SHA256:") || s.starts_with("MD5:"))
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+/=:".contains(&b))
+            }),
+            key_type: check(&cli.offered_type, "type", |s| {
+                (1..=64).contains(&s.len())
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"@.-".contains(&b))
+            }),
+        }
+    }
+}
+
+/// Options put before every key line: the configured ones, and the expiry when asked for.
+fn line_options(cfg: &Config, answer: &Answer) -> Option<String> {
+    let expiry = cfg.key_expiry.then(|| {
+        let last = cfg.freshness.ttl.max(cfg.freshness.max_stale).as_secs();
+        format!(
+            "expiry-time=\"{}\"",
+            keyopts::expiry_stamp(answer.fetched_at.saturating_add(last))
+        )
+    });
+    match (cfg.key_options.as_ref().map(|o| o.as_str()), expiry) {
+        (Some(o), Some(e)) => Some(format!("{o},{e}")),
+        (Some(o), None) => Some(o.to_string()),
+        (None, e) => e,
+    }
+}
+
+fn env() -> Env {
+    Env {
+        iam_endpoint: std::env::var("AWS_ENDPOINT_URL_IAM").ok(),
+        sts_endpoint: std::env::var("AWS_ENDPOINT_URL_STS").ok(),
     }
 }
 
 /// Entry point after argument parsing.
 pub fn run(cli: &Cli, log: &Log) -> Result<(), Error> {
     let started = Instant::now();
-    let user = cli.user.to_str().ok_or(Error::NonUtf8User)?;
-    let login = LoginName::parse(user)?;
-    let cfg = Config::build(cli, std::env::var("AWS_ENDPOINT_URL_IAM").ok())?;
+    let cfg = Config::build(&cli.opts, &env())?;
+    if let Some(Command::Map { names }) = &cli.command {
+        return map_names(names, &cfg);
+    }
+    let raw = cli
+        .user
+        .as_ref()
+        .ok_or_else(|| Error::Config("no USER given".into()))?;
+    let user = raw.to_str().ok_or(Error::NonUtf8User)?;
+    let login = LoginName::parse(user, cfg.name_case)?;
+    let offered = Offered::from_cli(cli, log);
     let deadline = started + cfg.timeout;
-    let answer = lookup(&cfg, &login, deadline, log)?;
+
+    // Local account rules first: a refused account costs no cache read and no IAM call.
+    let verdict = policy::check_account(login.as_str(), cfg.uid, &cfg.accounts, |n| {
+        policy::passwd_uid(std::path::Path::new(policy::PASSWD), n)
+    });
+    if let Verdict::Refused(why) = &verdict {
+        log.info(&format!("refused {}: {why}", login.as_str()));
+        log.audit_offered(login.as_str(), &offered, "refused (account rule)");
+        let text = if cfg.json {
+            output::render_refusal_json(&login, why)
+        } else {
+            String::new()
+        };
+        return output::emit(&text);
+    }
+    if let Verdict::Allowed(why) = &verdict {
+        log.debug(&format!("account rule: {why}"));
+    }
+
+    let mut answer = lookup(&cfg, &login, deadline, log)?;
+    apply_groups(&mut answer, &cfg.allowed_groups);
+    let decision = match &answer.group_verdict {
+        Some(Verdict::Refused(why)) => format!("refused: {why}"),
+        Some(Verdict::Allowed(why)) => format!("allowed: {why}"),
+        None => "allowed".to_string(),
+    };
     log.info(&format!(
-        "{} key(s) for {} (IAM user {}) from {}, age {}s, {} IAM call(s), {} ms",
+        "{} key(s) for {} (IAM user {}) from {}, age {}s, {} IAM call(s), {} ms; {decision}",
         answer.keys.len(),
         login.as_str(),
         login.iam_user(),
@@ -117,12 +249,62 @@ pub fn run(cli: &Cli, log: &Log) -> Result<(), Error> {
         answer.iam_calls,
         started.elapsed().as_millis()
     ));
+    if let Some(fp) = &offered.fingerprint {
+        let hit = answer.keys.iter().find(|k| &k.key.fingerprint() == fp);
+        let what = match hit {
+            Some(k) => format!("served as IAM key {}", k.id),
+            None => format!("not among the {} served key(s)", answer.keys.len()),
+        };
+        log.audit_offered(login.as_str(), &offered, &what);
+    }
+    let options = line_options(&cfg, &answer);
     let text = if cfg.json {
-        output::render_json(&answer, &login)
+        output::render_json(&answer, &login, options.as_deref(), &decision)
     } else {
-        output::render_keys(&answer, &login)
+        output::render_keys(&answer, &login, options.as_deref())
     };
     output::emit(&text)
+}
+
+/// `map NAME...`: each name read as a Linux name and as an IAM name.
+fn map_names(names: &[std::ffi::OsString], cfg: &Config) -> Result<(), Error> {
+    let mut rows = Vec::new();
+    let mut all_ok = true;
+    for raw in names {
+        let name = raw.to_string_lossy();
+        let as_linux = crate::username::linux_to_iam(&name, cfg.name_case)
+            .map(|u| u.as_str().to_string())
+            .map_err(|e| match e {
+                Error::InvalidUser { reason, .. } => reason,
+                other => other.to_string(),
+            });
+        let as_iam = crate::username::IamUser::parse(&name)
+            .map_err(|e| match e {
+                Error::InvalidUser { reason, .. } => reason,
+                other => other.to_string(),
+            })
+            .and_then(|u| crate::username::iam_to_linux(&u, cfg.name_case));
+        all_ok &= as_linux.is_ok() || as_iam.is_ok();
+        rows.push((sanitize(&name), as_linux, as_iam));
+    }
+    output::emit(&if cfg.json {
+        output::render_map_json(&rows)
+    } else {
+        output::render_map(&rows)
+    })?;
+    if all_ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidUser {
+            shown: rows
+                .iter()
+                .filter(|(_, a, b)| a.is_err() && b.is_err())
+                .map(|(n, _, _)| n.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason: "no mapping in either direction (see above)".into(),
+        })
+    }
 }
 
 /// Serves `stale` if the judgement allows it, else fails closed with `err`.
@@ -166,6 +348,10 @@ fn lookup(cfg: &Config, login: &LoginName, deadline: Instant, log: &Log) -> Resu
     };
     let read = |c: &Cache| -> Option<Loaded> {
         match c.read(user) {
+            cache::Read::Hit(l) if !fits(&l.record, &cfg.allowed_groups) => {
+                log.info("cached answer was made under another group rule; asking IAM");
+                None
+            }
             cache::Read::Hit(l) => Some(l),
             cache::Read::Absent => None,
             cache::Read::Rejected(why) => {
@@ -248,6 +434,7 @@ fn lookup(cfg: &Config, login: &LoginName, deadline: Instant, log: &Log) -> Resu
                 fetched_at: unix_now(),
                 outcome: fetched.outcome.clone(),
                 keys: fetched.keys.iter().map(ServedKey::stored).collect(),
+                groups: fetched.groups.clone(),
             };
             if let Some(c) = &cache {
                 if let Err(e) = c.store(&record) {
@@ -261,6 +448,9 @@ fn lookup(cfg: &Config, login: &LoginName, deadline: Instant, log: &Log) -> Resu
                 refused: fetched.rejected,
                 age_secs: 0,
                 iam_calls: fetched.calls,
+                fetched_at: record.fetched_at,
+                groups: fetched.groups,
+                group_verdict: None,
             })
         }
         Err(e) => stale_or_fail(cached, judgement, e, log),
@@ -286,7 +476,7 @@ fn ask_iam(
     let result = rt.block_on(async {
         tokio::time::timeout(budget, async {
             let client = iam::client(cfg, budget).await;
-            iam::fetch(&client, login.iam_user(), known).await
+            iam::fetch(&client, login.iam_user(), known, &cfg.allowed_groups).await
         })
         .await
     });

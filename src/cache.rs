@@ -11,7 +11,7 @@ use crate::keys::{self, CanonicalKey};
 use crate::username::IamUser;
 
 /// Bumped whenever the record layout changes; other versions are misses and get rewritten.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What IAM said about a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +21,8 @@ pub enum Outcome {
     Keys,
     /// IAM answered NoSuchEntity.
     NoSuchUser,
+    /// The user is in none of the allowed IAM groups; no key body was fetched.
+    NotInAllowedGroup,
 }
 
 /// One active key as stored. `key` is canonical text; it is parsed again on every read.
@@ -42,13 +44,25 @@ pub struct Record {
     pub outcome: Outcome,
     #[serde(default)]
     pub keys: Vec<StoredKey>,
+    /// The user's IAM groups, when the group rule asked for them (`None`: not asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
 }
 
 impl Record {
-    /// A negative answer (no such user, or no active key) is kept for the shorter negative TTL.
+    /// A negative answer (no such user, no active key, not in an allowed group) is kept for the shorter
+    /// negative TTL.
     pub fn is_negative(&self) -> bool {
-        self.outcome == Outcome::NoSuchUser || self.keys.is_empty()
+        self.outcome != Outcome::Keys || self.keys.is_empty()
     }
+}
+
+/// An IAM group name as IAM allows it: 1-128 of letters, digits and `_+=,.@-`.
+pub fn valid_group(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c))
 }
 
 /// A key ready to serve: canonical, with its IAM id and metadata.
@@ -99,8 +113,17 @@ pub fn parse(bytes: &[u8], user: &IamUser) -> Result<Loaded, String> {
             crate::username::sanitize(&record.iam_user)
         ));
     }
-    if record.outcome == Outcome::NoSuchUser && !record.keys.is_empty() {
-        return Err("says the user does not exist but holds keys".to_string());
+    if record.outcome != Outcome::Keys && !record.keys.is_empty() {
+        return Err("holds keys for a user it says gets none".to_string());
+    }
+    if record.outcome == Outcome::NotInAllowedGroup && record.groups.is_none() {
+        return Err("refuses the user by group without naming the groups".to_string());
+    }
+    if let Some(g) = record.groups.iter().flatten().find(|g| !valid_group(g)) {
+        return Err(format!(
+            "holds an invalid group name {:?}",
+            crate::username::sanitize(g)
+        ));
     }
     let mut served = Vec::with_capacity(record.keys.len());
     for k in &record.keys {
@@ -209,6 +232,7 @@ mod tests {
                 key: ed_canonical(),
                 uploaded: Some("2026-01-01T00:00:00Z".into()),
             }],
+            groups: Some(vec!["ssh-users".into()]),
         }
     }
 
@@ -224,7 +248,7 @@ mod tests {
     fn refuses_bad_records() {
         let good = serde_json::to_string(&record()).expect("encode");
         let other_user = good.replace("\"alice\"", "\"mallory\"");
-        let v2 = good.replace("\"version\":1", "\"version\":2");
+        let v1 = good.replace("\"version\":2", "\"version\":1");
         let truncated = good[..good.len() / 2].to_string();
         let bad_key = good.replace("ssh-ed25519 ", "ssh-ed25519 x");
         let with_options = good.replace("\"ssh-ed25519", "\"command=\\\"/bin/sh\\\" ssh-ed25519");
@@ -236,12 +260,22 @@ mod tests {
         let bad_id = good.replace("APKA1", "../x");
         let extra = good.replace("\"version\"", "\"extra\":1,\"version\"");
         let contradiction = good.replace("\"keys\",", "\"no_such_user\",");
+        let group_refusal_with_keys = good.replace("\"keys\",", "\"not_in_allowed_group\",");
+        let mut r = record();
+        r.outcome = Outcome::NotInAllowedGroup;
+        r.keys.clear();
+        r.groups = None;
+        let refusal_without_groups = serde_json::to_string(&r).expect("encode");
+        let bad_group = good.replace("ssh-users", "ssh users");
         let cases = [
             ("", "does not parse"),
             ("{}", "does not parse"),
             ("null", "does not parse"),
             (truncated.as_str(), "does not parse"),
-            (v2.as_str(), "format version 2"),
+            (v1.as_str(), "format version 1"),
+            (group_refusal_with_keys.as_str(), "gets none"),
+            (refusal_without_groups.as_str(), "without naming"),
+            (bad_group.as_str(), "invalid group name"),
             (other_user.as_str(), "not alice"),
             (bad_key.as_str(), "key APKA1"),
             (with_options.as_str(), "key APKA1"),
@@ -249,7 +283,7 @@ mod tests {
             (newline.as_str(), "control"),
             (bad_id.as_str(), "invalid key id"),
             (extra.as_str(), "does not parse"),
-            (contradiction.as_str(), "does not exist but holds keys"),
+            (contradiction.as_str(), "gets none"),
         ];
         for (text, want) in cases {
             let err = parse(text.as_bytes(), &user()).expect_err(text);
@@ -264,6 +298,8 @@ mod tests {
         r.keys.clear();
         assert!(r.is_negative());
         r.outcome = Outcome::NoSuchUser;
+        assert!(r.is_negative());
+        r.outcome = Outcome::NotInAllowedGroup;
         assert!(r.is_negative());
     }
 

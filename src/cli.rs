@@ -3,71 +3,151 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 /// Prints the active SSH public keys of the AWS IAM user that USER maps to, as authorized_keys lines,
 /// for sshd's AuthorizedKeysCommand. Answers from an on-disk cache while it is fresh; fails closed.
 #[derive(Debug, Parser)]
-#[command(name = "iam-authorized-keys", version, max_term_width = 100)]
+#[command(
+    name = "iam-authorized-keys",
+    version,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
-    /// Login name from sshd (`%u`). Put `--` before it in sshd_config so no name is read as an option.
-    #[arg(value_name = "USER")]
-    pub user: OsString,
+    #[command(subcommand)]
+    pub command: Option<Command>,
 
+    #[command(flatten)]
+    pub opts: Opts,
+
+    /// Login name from sshd (`%u`). Put `--` before it in sshd_config so no name is read as an option.
+    #[arg(value_name = "USER", required = true)]
+    pub user: Option<OsString>,
+
+    /// Fingerprint of the key sshd is checking (`%f`); only logged, with whether it is served.
+    #[arg(value_name = "FINGERPRINT")]
+    pub offered_fingerprint: Option<OsString>,
+
+    /// Type of the key sshd is checking (`%t`); only logged.
+    #[arg(value_name = "KEYTYPE")]
+    pub offered_type: Option<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show how names map between Linux and IAM, in both directions, and whether each is usable.
+    Map {
+        /// Linux login names or IAM user names.
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<OsString>,
+    },
+}
+
+/// Options shared by the key lookup and the subcommands.
+#[derive(Debug, Default, Args)]
+pub struct Opts {
     /// Root-owned config file with `option = value` lines (same names as the long options); flags win.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
 
     /// How long a cached answer with keys is served without asking IAM (e.g. 300, 5m).
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", global = true)]
     pub ttl: Option<String>,
 
-    /// How long a negative answer (no such IAM user, no active key) is cached.
-    #[arg(long, value_name = "DURATION")]
+    /// How long a negative answer (no such IAM user, no active key, not in an allowed group) is cached.
+    #[arg(long, value_name = "DURATION", global = true)]
     pub negative_ttl: Option<String>,
 
     /// When IAM fails, serve a cached answer up to this old; 0 fails closed at once.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", global = true)]
     pub max_stale: Option<String>,
 
     /// Hard deadline for the whole lookup: credentials, IAM calls, waiting for another lookup.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", global = true)]
     pub timeout: Option<String>,
 
     /// Cache directory; must be owned by the running user and not group/world-writable.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
 
     /// Neither read nor write the cache: ask IAM now.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub no_cache: bool,
 
     /// AWS region used to sign IAM requests (IAM is global; default us-east-1).
-    #[arg(long, value_name = "REGION")]
+    #[arg(long, value_name = "REGION", global = true)]
     pub region: Option<String>,
 
     /// IAM endpoint URL (also read from AWS_ENDPOINT_URL_IAM when set).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     pub endpoint_url: Option<String>,
 
+    /// STS endpoint URL for --assume-role (also read from AWS_ENDPOINT_URL_STS when set).
+    #[arg(long, value_name = "URL", global = true)]
+    pub sts_endpoint_url: Option<String>,
+
     /// Shared credentials file to read instead of the default locations (sshd gives us no HOME).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub credentials_file: Option<PathBuf>,
 
     /// Profile to use from the credentials file.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     pub profile: Option<String>,
+
+    /// Read users from another account: assume this IAM role (arn:aws:iam::123456789012:role/Name) with
+    /// the host's credentials. The role's credentials stay in memory.
+    #[arg(long, value_name = "ARN", global = true)]
+    pub assume_role: Option<String>,
+
+    /// External ID the role's trust policy requires.
+    #[arg(long, value_name = "ID", global = true)]
+    pub external_id: Option<String>,
 
     /// PEM bundle of TLS trust roots [default: the first of /etc/ssl/certs/ca-certificates.crt,
     /// /etc/pki/tls/certs/ca-bundle.crt, /etc/ssl/cert.pem]; SSL_CERT_FILE/SSL_CERT_DIR win when set.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub ca_bundle: Option<PathBuf>,
 
+    /// Serve only IAM users in at least one of these IAM groups (repeatable).
+    #[arg(long, value_name = "GROUP", global = true)]
+    pub allowed_group: Vec<String>,
+
+    /// How upper case in IAM names appears in Linux names: fold (lower case, default) or preserve.
+    #[arg(long, value_name = "POLICY", global = true)]
+    pub name_case: Option<String>,
+
+    /// Accounts with a UID below this are system accounts and never served [default: 1000].
+    #[arg(long, value_name = "UID", global = true)]
+    pub min_uid: Option<String>,
+
+    /// Serve this account even if it is root or below --min-uid (repeatable).
+    #[arg(long, value_name = "USER", global = true)]
+    pub allow_user: Vec<String>,
+
+    /// Never serve this account (repeatable); no IAM call is made for it.
+    #[arg(long, value_name = "USER", global = true)]
+    pub deny_user: Vec<String>,
+
+    /// UID of the account, as sshd's `%U` gives it; without it the UID is read from /etc/passwd.
+    #[arg(long, value_name = "UID", global = true)]
+    pub uid: Option<String>,
+
+    /// authorized_keys options put before every key, e.g. 'restrict,pty' or 'from="10.0.0.0/8"'.
+    #[arg(long, value_name = "OPTIONS", global = true)]
+    pub key_options: Option<String>,
+
+    /// Add expiry-time to every key: the last moment this answer may be served (fetch time + max(ttl,
+    /// max-stale)).
+    #[arg(long, global = true)]
+    pub key_expiry: bool,
+
     /// Explain each step on stderr (-vv for more).
-    #[arg(short, long, action = clap::ArgAction::Count)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
     /// Print the result as JSON (keys with ids, fingerprints, source, age) instead of authorized_keys lines.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }

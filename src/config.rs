@@ -4,9 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::Cli;
+use crate::cli::Opts;
 use crate::error::Error;
 use crate::fsutil;
+use crate::keyopts::KeyOptions;
+use crate::policy::AccountRules;
+use crate::username::NameCase;
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/iam-authorized-keys";
 
@@ -30,8 +33,34 @@ pub struct Config {
     pub profile: Option<String>,
     /// TLS trust roots; `None`: the first well-known system bundle that exists.
     pub ca_bundle: Option<PathBuf>,
+    pub sts_endpoint_url: Option<String>,
+    /// Cross-account: the role to assume, and the external id its trust policy wants.
+    pub assume_role: Option<AssumeRole>,
+    pub name_case: NameCase,
+    pub accounts: AccountRules,
+    /// sshd's `%U` for this lookup.
+    pub uid: Option<u32>,
+    /// Empty: every IAM user may be served.
+    pub allowed_groups: Vec<String>,
+    pub key_options: Option<KeyOptions>,
+    pub key_expiry: bool,
     pub verbose: u8,
     pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRole {
+    pub arn: String,
+    pub external_id: Option<String>,
+}
+
+/// What the environment may contribute; read in one place (`app`).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// AWS_ENDPOINT_URL_IAM
+    pub iam_endpoint: Option<String>,
+    /// AWS_ENDPOINT_URL_STS
+    pub sts_endpoint: Option<String>,
 }
 
 /// `300`, `300s`, `500ms`, `5m`, `1h`, `1d`.
@@ -76,6 +105,15 @@ impl FileSettings {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Every value of a repeatable option, in file order.
+    fn get_all(&self, key: &str) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
 }
 
 const FILE_KEYS: &[&str] = &[
@@ -90,6 +128,16 @@ const FILE_KEYS: &[&str] = &[
     "credentials-file",
     "profile",
     "ca-bundle",
+    "sts-endpoint-url",
+    "assume-role",
+    "external-id",
+    "allowed-group",
+    "name-case",
+    "min-uid",
+    "allow-user",
+    "deny-user",
+    "key-options",
+    "key-expiry",
 ];
 
 /// Reads a config file that only root can have written: root-owned, not group/world-writable, a
@@ -160,10 +208,96 @@ fn check_endpoint(url: &str) -> Result<String, Error> {
     }
 }
 
+fn check_role_arn(arn: &str) -> Result<String, Error> {
+    let ok = arn
+        .strip_prefix("arn:")
+        .and_then(|r| r.split_once(":iam::"))
+        .and_then(|(partition, r)| {
+            let (account, role) = r.split_once(":role/")?;
+            Some(
+                partition.starts_with("aws")
+                    && partition
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'-')
+                    && account.len() == 12
+                    && account.bytes().all(|b| b.is_ascii_digit())
+                    && !role.is_empty()
+                    && role.len() <= 512
+                    && role
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_+=,.@/-".contains(c)),
+            )
+        })
+        .unwrap_or(false);
+    if ok {
+        Ok(arn.to_string())
+    } else {
+        Err(Error::Config(format!(
+            "--assume-role {:?} is not a role ARN like arn:aws:iam::123456789012:role/Name",
+            crate::username::sanitize(arn)
+        )))
+    }
+}
+
+fn check_external_id(id: &str) -> Result<String, Error> {
+    if (2..=1224).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c))
+    {
+        Ok(id.to_string())
+    } else {
+        Err(Error::Config(
+            "--external-id must be 2-1224 characters of letters, digits and _+=,.@:/-".into(),
+        ))
+    }
+}
+
+/// A Linux user name in --allow-user/--deny-user: anything a passwd line could hold as a name.
+fn check_account_name(opt: &str, name: &str) -> Result<String, Error> {
+    if !name.is_empty()
+        && name.len() <= 256
+        && !name
+            .chars()
+            .any(|c| c == ':' || c.is_whitespace() || c.is_control())
+    {
+        Ok(name.to_string())
+    } else {
+        Err(Error::Config(format!(
+            "--{opt} {:?} is not an account name",
+            crate::username::sanitize(name)
+        )))
+    }
+}
+
+fn check_group(name: &str) -> Result<String, Error> {
+    if (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c))
+    {
+        Ok(name.to_string())
+    } else {
+        Err(Error::Config(format!(
+            "--allowed-group {:?} is not an IAM group name (1-128 letters, digits and _+=,.@-)",
+            crate::username::sanitize(name)
+        )))
+    }
+}
+
+fn parse_uid(opt: &str, raw: &str) -> Result<u32, Error> {
+    raw.trim().parse().map_err(|_| {
+        Error::Config(format!(
+            "--{opt} {:?} is not a numeric UID",
+            crate::username::sanitize(raw)
+        ))
+    })
+}
+
 impl Config {
     /// Lays the command line over the config file, over the defaults, and checks the result.
-    /// `env_endpoint` is AWS_ENDPOINT_URL_IAM, passed in so the environment is read in one place.
-    pub fn build(cli: &Cli, env_endpoint: Option<String>) -> Result<Config, Error> {
+    /// Repeatable options: the command line's values replace the file's when any is given.
+    pub fn build(cli: &Opts, env: &Env) -> Result<Config, Error> {
         let file = match &cli.config {
             Some(p) => read_file(p)?,
             None => FileSettings::default(),
@@ -218,10 +352,78 @@ impl Config {
                 crate::username::sanitize(&region)
             )));
         }
-        let endpoint_url = match pick(&cli.endpoint_url, "endpoint-url").or(env_endpoint) {
-            Some(u) if !u.is_empty() => Some(check_endpoint(&u)?),
-            _ => None,
+        let endpoint =
+            |flag: &Option<String>, key: &str, env: &Option<String>| match pick(flag, key)
+                .or_else(|| env.clone())
+            {
+                Some(u) if !u.is_empty() => check_endpoint(&u).map(Some),
+                _ => Ok(None),
+            };
+        let endpoint_url = endpoint(&cli.endpoint_url, "endpoint-url", &env.iam_endpoint)?;
+        let sts_endpoint_url =
+            endpoint(&cli.sts_endpoint_url, "sts-endpoint-url", &env.sts_endpoint)?;
+        let list = |flag: &Vec<String>, key: &str| -> Vec<String> {
+            if flag.is_empty() {
+                file.get_all(key)
+            } else {
+                flag.clone()
+            }
         };
+        let assume_role = match pick(&cli.assume_role, "assume-role") {
+            Some(arn) => Some(AssumeRole {
+                arn: check_role_arn(&arn)?,
+                external_id: pick(&cli.external_id, "external-id")
+                    .map(|id| check_external_id(&id))
+                    .transpose()?,
+            }),
+            None if pick(&cli.external_id, "external-id").is_some() => {
+                return Err(Error::Config(
+                    "--external-id only applies with --assume-role".into(),
+                ))
+            }
+            None => None,
+        };
+        let name_case = match pick(&cli.name_case, "name-case") {
+            Some(v) => NameCase::parse(&v)?,
+            None => NameCase::Fold,
+        };
+        let accounts = AccountRules {
+            min_uid: match pick(&cli.min_uid, "min-uid") {
+                Some(v) => parse_uid("min-uid", &v)?,
+                None => 1000,
+            },
+            allow: list(&cli.allow_user, "allow-user")
+                .iter()
+                .map(|n| check_account_name("allow-user", n))
+                .collect::<Result<_, _>>()?,
+            deny: list(&cli.deny_user, "deny-user")
+                .iter()
+                .map(|n| check_account_name("deny-user", n))
+                .collect::<Result<_, _>>()?,
+        };
+        let uid = cli
+            .uid
+            .as_deref()
+            .map(|u| parse_uid("uid", u))
+            .transpose()?;
+        let allowed_groups = list(&cli.allowed_group, "allowed-group")
+            .iter()
+            .map(|g| check_group(g))
+            .collect::<Result<_, _>>()?;
+        let key_options = pick(&cli.key_options, "key-options")
+            .map(|o| KeyOptions::parse(&o))
+            .transpose()
+            .map_err(|e| Error::Config(format!("--key-options: {e}")))?;
+        let key_expiry = cli.key_expiry
+            || match file.get("key-expiry") {
+                Some(v) => parse_bool("key-expiry", v)?,
+                None => false,
+            };
+        if key_expiry && key_options.as_ref().is_some_and(KeyOptions::has_expiry) {
+            return Err(Error::Config(
+                "--key-expiry and an expiry-time in --key-options: choose one".into(),
+            ));
+        }
         let credentials_file = pick_path(&cli.credentials_file, "credentials-file");
         if let Some(p) = &credentials_file {
             if !p.is_absolute() {
@@ -244,6 +446,14 @@ impl Config {
             credentials_file,
             profile,
             ca_bundle,
+            sts_endpoint_url,
+            assume_role,
+            name_case,
+            accounts,
+            uid,
+            allowed_groups,
+            key_options,
+            key_expiry,
             verbose: cli.verbose,
             json: cli.json,
         })
@@ -255,10 +465,17 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn cli(args: &[&str]) -> Cli {
+    fn cli(args: &[&str]) -> Opts {
         let mut v = vec!["iam-authorized-keys"];
         v.extend_from_slice(args);
-        Cli::try_parse_from(v).expect("cli")
+        crate::cli::Cli::try_parse_from(v).expect("cli").opts
+    }
+
+    fn env(iam: Option<&str>) -> Env {
+        Env {
+            iam_endpoint: iam.map(str::to_string),
+            sts_endpoint: None,
+        }
     }
 
     #[test]
@@ -284,7 +501,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = Config::build(&cli(&["alice"]), None).expect("config");
+        let c = Config::build(&cli(&["alice"]), &env(None)).expect("config");
         assert_eq!(c.freshness.ttl, Duration::from_secs(300));
         assert_eq!(c.freshness.negative_ttl, Duration::from_secs(60));
         assert_eq!(c.freshness.max_stale, Duration::from_secs(3600));
@@ -305,7 +522,7 @@ mod tests {
                 "eu-west-1",
                 "alice",
             ]),
-            Some("http://127.0.0.1:5000".into()),
+            &env(Some("http://127.0.0.1:5000")),
         )
         .expect("config");
         assert!(c.cache_dir.is_none());
@@ -313,7 +530,7 @@ mod tests {
         assert_eq!(c.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
         let c = Config::build(
             &cli(&["--endpoint-url", "https://iam.example", "alice"]),
-            Some("http://127.0.0.1:5000".into()),
+            &env(Some("http://127.0.0.1:5000")),
         )
         .expect("config");
         assert_eq!(c.endpoint_url.as_deref(), Some("https://iam.example"));
@@ -328,8 +545,44 @@ mod tests {
             (&["--region", "EU WEST", "a"][..], "region"),
             (&["--endpoint-url", "ftp://x", "a"][..], "http://"),
             (&["--ttl", "soon", "a"][..], "not a duration"),
+            (&["--assume-role", "role/x", "a"][..], "role ARN"),
+            (
+                &["--assume-role", "arn:aws:iam::12345:role/x", "a"][..],
+                "role ARN",
+            ),
+            (&["--external-id", "abc", "a"][..], "only applies"),
+            (
+                &[
+                    "--assume-role",
+                    "arn:aws:iam::123456789012:role/r",
+                    "--external-id",
+                    "a b",
+                    "a",
+                ][..],
+                "external-id",
+            ),
+            (&["--allowed-group", "a b", "a"][..], "IAM group name"),
+            (&["--name-case", "upper", "a"][..], "fold or preserve"),
+            (&["--min-uid=-1", "a"][..], "numeric UID"),
+            (&["--uid", "x", "a"][..], "numeric UID"),
+            (&["--deny-user", "a:b", "a"][..], "account name"),
+            (
+                &["--key-options", "cert-authority", "a"][..],
+                "--key-options",
+            ),
+            (
+                &[
+                    "--key-expiry",
+                    "--key-options",
+                    "expiry-time=\"20300101\"",
+                    "a",
+                ][..],
+                "choose one",
+            ),
         ] {
-            let e = Config::build(&cli(args), None).expect_err(want).to_string();
+            let e = Config::build(&cli(args), &env(None))
+                .expect_err(want)
+                .to_string();
             assert!(e.contains(want), "{args:?}: {e}");
         }
     }
@@ -339,7 +592,10 @@ mod tests {
         let d = tempfile::tempdir().expect("tmp");
         let p = d.path().join("conf");
         std::fs::write(&p, "ttl = 10\n").expect("write");
-        let e = Config::build(&cli(&["--config", p.to_str().expect("utf8"), "a"]), None);
+        let e = Config::build(
+            &cli(&["--config", p.to_str().expect("utf8"), "a"]),
+            &env(None),
+        );
         if fsutil::euid() == 0 {
             assert_eq!(
                 e.expect("root-owned").freshness.ttl,
@@ -347,7 +603,10 @@ mod tests {
             );
             std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666))
                 .expect("chmod");
-            let e = Config::build(&cli(&["--config", p.to_str().expect("utf8"), "a"]), None);
+            let e = Config::build(
+                &cli(&["--config", p.to_str().expect("utf8"), "a"]),
+                &env(None),
+            );
             assert!(e.expect_err("666").to_string().contains("world-writable"));
         } else {
             assert!(e

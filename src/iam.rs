@@ -31,6 +31,8 @@ pub struct Fetched {
     pub rejected: Vec<(String, String)>,
     /// IAM requests this fetch made (first attempts; SDK retries not counted).
     pub calls: u32,
+    /// The user's IAM groups, when the group rule asked for them.
+    pub groups: Option<Vec<String>>,
 }
 
 /// Where distributions keep the system's PEM bundle of trust roots: Debian, Ubuntu, Flatcar and Alpine;
@@ -100,6 +102,20 @@ pub async fn client(cfg: &Config, budget: Duration) -> Client {
     }
     let shared = loader.load().await;
     let mut builder = aws_sdk_iam::config::Builder::from(&shared);
+    if let Some(role) = &cfg.assume_role {
+        // The host's own credentials sign AssumeRole; the role's credentials live in this process only.
+        let mut sts = shared.to_builder();
+        if let Some(url) = &cfg.sts_endpoint_url {
+            sts.set_endpoint_url(Some(url.clone()));
+        }
+        let mut provider = aws_config::sts::AssumeRoleProvider::builder(&role.arn)
+            .session_name("iam-authorized-keys")
+            .configure(&sts.build());
+        if let Some(id) = &role.external_id {
+            provider = provider.external_id(id);
+        }
+        builder = builder.credentials_provider(provider.build().await);
+    }
     if let Some(url) = &cfg.endpoint_url {
         builder = builder.endpoint_url(url);
     }
@@ -139,44 +155,33 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
     }
 }
 
-/// Lists `user`'s keys and fetches the bodies of active keys not in `known` (bodies never change for a
-/// key id, so `known` makes an unchanged refresh cost one list call).
-pub async fn fetch(
+/// Is this IAM's NoSuchEntity answer? (Each operation has its own error type.)
+macro_rules! no_such_entity {
+    ($e:expr) => {
+        $e.as_service_error()
+            .is_some_and(|s| s.is_no_such_entity_exception())
+    };
+}
+
+/// Every page of ListSSHPublicKeys: the active keys' (id, upload date), or `None` for NoSuchEntity.
+async fn list_active_keys(
     client: &Client,
     user: &IamUser,
-    known: &HashMap<String, ServedKey>,
-) -> Result<Fetched, Error> {
-    let mut calls = 0u32;
-    let mut active: Vec<(String, Option<String>)> = Vec::new();
+    calls: &mut u32,
+) -> Result<Option<Vec<(String, Option<String>)>>, Error> {
+    let mut active = Vec::new();
     let mut marker: Option<String> = None;
-    let mut pages = 0;
-    loop {
-        pages += 1;
-        if pages > MAX_PAGES {
-            return Err(Error::Iam(format!(
-                "ListSSHPublicKeys for {user} did not finish within {MAX_PAGES} pages"
-            )));
-        }
-        calls += 1;
-        let page = client
+    for _ in 0..MAX_PAGES {
+        *calls += 1;
+        let page = match client
             .list_ssh_public_keys()
             .user_name(user.as_str())
             .set_marker(marker.take())
             .send()
-            .await;
-        let page = match page {
+            .await
+        {
             Ok(p) => p,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_no_such_entity_exception()) =>
-            {
-                return Ok(Fetched {
-                    outcome: Outcome::NoSuchUser,
-                    keys: Vec::new(),
-                    rejected: Vec::new(),
-                    calls,
-                });
-            }
+            Err(e) if no_such_entity!(e) => return Ok(None),
             Err(e) => {
                 return Err(Error::Iam(format!(
                     "ListSSHPublicKeys for {user}: {}",
@@ -192,14 +197,103 @@ pub async fn fetch(
                 ));
             }
         }
-        match (page.is_truncated(), page.marker()) {
-            (true, Some(m)) if !m.is_empty() => marker = Some(m.to_string()),
-            (true, _) => {
+        match next_marker(page.is_truncated(), page.marker()) {
+            Ok(Some(m)) => marker = Some(m),
+            Ok(None) => return Ok(Some(active)),
+            Err(why) => return Err(Error::Iam(format!("ListSSHPublicKeys for {user} {why}"))),
+        }
+    }
+    Err(Error::Iam(format!(
+        "ListSSHPublicKeys for {user} did not finish within {MAX_PAGES} pages"
+    )))
+}
+
+/// Every page of ListGroupsForUser: the user's group names, or `None` for NoSuchEntity.
+async fn list_groups(
+    client: &Client,
+    user: &IamUser,
+    calls: &mut u32,
+) -> Result<Option<Vec<String>>, Error> {
+    let mut groups = Vec::new();
+    let mut marker: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        *calls += 1;
+        let page = match client
+            .list_groups_for_user()
+            .user_name(user.as_str())
+            .set_marker(marker.take())
+            .send()
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if no_such_entity!(e) => return Ok(None),
+            Err(e) => {
                 return Err(Error::Iam(format!(
-                    "ListSSHPublicKeys for {user} said the list is truncated but gave no marker"
+                    "ListGroupsForUser for {user}: {}",
+                    describe(&e)
                 )))
             }
-            (false, _) => break,
+        };
+        for g in page.groups() {
+            if crate::cache::valid_group(g.group_name()) {
+                groups.push(g.group_name().to_string());
+            }
+        }
+        match next_marker(page.is_truncated(), page.marker()) {
+            Ok(Some(m)) => marker = Some(m),
+            Ok(None) => return Ok(Some(groups)),
+            Err(why) => return Err(Error::Iam(format!("ListGroupsForUser for {user} {why}"))),
+        }
+    }
+    Err(Error::Iam(format!(
+        "ListGroupsForUser for {user} did not finish within {MAX_PAGES} pages"
+    )))
+}
+
+fn next_marker(truncated: bool, marker: Option<&str>) -> Result<Option<String>, &'static str> {
+    match (truncated, marker) {
+        (true, Some(m)) if !m.is_empty() => Ok(Some(m.to_string())),
+        (true, _) => Err("said the list is truncated but gave no marker"),
+        (false, _) => Ok(None),
+    }
+}
+
+/// Lists `user`'s keys and, when `allowed_groups` is not empty, the user's groups at the same time (so the
+/// group rule costs no extra round trip); then fetches, in parallel, the bodies of active keys not in
+/// `known` (bodies never change for a key id, so an unchanged refresh costs one list call). A user in none
+/// of the allowed groups gets no body fetched.
+pub async fn fetch(
+    client: &Client,
+    user: &IamUser,
+    known: &HashMap<String, ServedKey>,
+    allowed_groups: &[String],
+) -> Result<Fetched, Error> {
+    let (mut key_calls, mut group_calls) = (0u32, 0u32);
+    let (listed, groups) = tokio::join!(list_active_keys(client, user, &mut key_calls), async {
+        if allowed_groups.is_empty() {
+            Ok(Some(Vec::new()))
+        } else {
+            list_groups(client, user, &mut group_calls).await
+        }
+    });
+    let mut calls = key_calls + group_calls;
+    let (listed, groups) = (listed?, groups?);
+    let answer = |outcome, groups, calls| Fetched {
+        outcome,
+        keys: Vec::new(),
+        rejected: Vec::new(),
+        calls,
+        groups,
+    };
+    let (Some(active), Some(groups)) = (listed, groups) else {
+        return Ok(answer(Outcome::NoSuchUser, None, calls));
+    };
+    let groups = (!allowed_groups.is_empty()).then_some(groups);
+    if let Some(g) = &groups {
+        if let Some(crate::policy::Verdict::Refused(_)) =
+            crate::policy::check_groups(allowed_groups, g)
+        {
+            return Ok(answer(Outcome::NotInAllowedGroup, groups, calls));
         }
     }
 
@@ -256,10 +350,7 @@ pub async fn fetch(
                     keys::canonicalize(k.ssh_public_key_body()).map_err(|e| e.to_string()),
                 );
             }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_no_such_entity_exception()) =>
-            {
+            Err(e) if no_such_entity!(e) => {
                 bodies.insert(idx, Err("deleted while we fetched it".into()));
             }
             Err(e) => {
@@ -292,6 +383,7 @@ pub async fn fetch(
         keys: served,
         rejected,
         calls,
+        groups,
     })
 }
 
@@ -374,7 +466,7 @@ mod tests {
         ]);
         let (ga, gb) = (get("APKAA", ED), get("APKAB", RSA));
         let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&l, &ga, &gb]);
-        let f = run(fetch(&c, &alice(), &HashMap::new())).expect("fetch");
+        let f = run(fetch(&c, &alice(), &HashMap::new(), &[])).expect("fetch");
         assert_eq!(f.outcome, Outcome::Keys);
         let ids: Vec<_> = f.keys.iter().map(|k| k.id.as_str()).collect();
         assert_eq!(ids, ["APKAB", "APKAA"]);
@@ -387,9 +479,9 @@ mod tests {
         let l = list(vec![meta("APKAA", StatusType::Active)]);
         let ga = get("APKAA", ED);
         let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&l, &ga]);
-        let first = run(fetch(&c, &alice(), &HashMap::new())).expect("first");
+        let first = run(fetch(&c, &alice(), &HashMap::new(), &[])).expect("first");
         let known: HashMap<_, _> = first.keys.into_iter().map(|k| (k.id.clone(), k)).collect();
-        let second = run(fetch(&c, &alice(), &known)).expect("second");
+        let second = run(fetch(&c, &alice(), &known, &[])).expect("second");
         assert_eq!(second.calls, 1);
         assert_eq!(ga.num_calls(), 1);
         assert_eq!(second.keys.len(), 1);
@@ -416,7 +508,7 @@ mod tests {
             });
         let (ga, gb) = (get("APKAA", ED), get("APKAB", ED_B));
         let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&p1, &p2, &ga, &gb]);
-        let f = run(fetch(&c, &alice(), &HashMap::new())).expect("fetch");
+        let f = run(fetch(&c, &alice(), &HashMap::new(), &[])).expect("fetch");
         assert_eq!(f.keys.len(), 2);
         assert_eq!((p1.num_calls(), p2.num_calls()), (1, 1));
     }
@@ -429,7 +521,7 @@ mod tests {
                 .build()
         });
         let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&p]);
-        let e = run(fetch(&c, &alice(), &HashMap::new())).expect_err("no marker");
+        let e = run(fetch(&c, &alice(), &HashMap::new(), &[])).expect_err("no marker");
         assert!(e.to_string().contains("no marker"), "{e}");
     }
 
@@ -442,7 +534,7 @@ mod tests {
                 .build()
         });
         let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&p]);
-        let e = run(fetch(&c, &alice(), &HashMap::new())).expect_err("endless");
+        let e = run(fetch(&c, &alice(), &HashMap::new(), &[])).expect_err("endless");
         assert!(e.to_string().contains("pages"), "{e}");
         assert_eq!(p.num_calls(), MAX_PAGES);
     }
@@ -455,7 +547,7 @@ mod tests {
             )
         });
         let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&p]);
-        let f = run(fetch(&c, &alice(), &HashMap::new())).expect("answer");
+        let f = run(fetch(&c, &alice(), &HashMap::new(), &[])).expect("answer");
         assert_eq!(f.outcome, Outcome::NoSuchUser);
         assert!(f.keys.is_empty());
     }
@@ -473,7 +565,7 @@ mod tests {
                 .repeatedly()
                 .build();
             let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&p]);
-            let e = run(fetch(&c, &alice(), &HashMap::new())).expect_err("error");
+            let e = run(fetch(&c, &alice(), &HashMap::new(), &[])).expect_err("error");
             assert!(matches!(e, Error::Iam(_)));
             assert!(
                 e.to_string().contains(want) || e.to_string().contains("unknown"),
@@ -496,7 +588,7 @@ mod tests {
             .repeatedly()
             .build();
         let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&l, &ga, &gb]);
-        let e = run(fetch(&c, &alice(), &HashMap::new())).expect_err("partial");
+        let e = run(fetch(&c, &alice(), &HashMap::new(), &[])).expect_err("partial");
         assert!(e.to_string().contains("APKAB"), "{e}");
     }
 
@@ -526,7 +618,7 @@ mod tests {
             RuleMode::MatchAny,
             [&l, &ga, &gb, &gc, &gd, &ge]
         );
-        let f = run(fetch(&c, &alice(), &HashMap::new())).expect("fetch");
+        let f = run(fetch(&c, &alice(), &HashMap::new(), &[])).expect("fetch");
         let ids: Vec<_> = f.keys.iter().map(|k| k.id.as_str()).collect();
         assert_eq!(ids, ["APKAA"]);
         let why: Vec<_> = f

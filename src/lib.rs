@@ -10,9 +10,11 @@ pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod iam;
+pub mod keyopts;
 pub mod keys;
 pub mod log;
 pub mod output;
+pub mod policy;
 pub mod username;
 
 use std::process::ExitCode;
@@ -29,7 +31,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let log = log::Log::new(cli.verbose);
+    let log = log::Log::new(cli.opts.verbose);
     match app::run(&cli, &log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -46,6 +46,19 @@ impl Log {
         syslog(3, msg);
     }
 
+    /// Which key sshd offered (`%f %t`) and what became of it: stderr with -v, syslog at info level.
+    pub fn audit_offered(&self, login: &str, offered: &crate::app::Offered, what: &str) {
+        let Some(fp) = &offered.fingerprint else {
+            return;
+        };
+        let msg = format!(
+            "offered key {fp} ({}) for {login}: {what}",
+            offered.key_type.as_deref().unwrap_or("type not given")
+        );
+        self.info(&msg);
+        syslog(6, &msg);
+    }
+
     fn stderr(&self, msg: &str) {
         let _ = writeln!(std::io::stderr().lock(), "iam-authorized-keys: {msg}");
     }

@@ -10,20 +10,86 @@ use crate::cache::Outcome;
 use crate::error::Error;
 use crate::username::LoginName;
 
-/// One authorized_keys line: `<algorithm> <base64> iam:<iam-user>:<key-id>`.
-pub fn key_line(key: &crate::cache::ServedKey, iam_user: &str) -> String {
-    format!("{} iam:{}:{}\n", key.key.as_str(), iam_user, key.id)
+/// One authorized_keys line: `[<options> ]<algorithm> <base64> iam:<iam-user>:<key-id>`. Options come
+/// only from our checked configuration.
+pub fn key_line(key: &crate::cache::ServedKey, iam_user: &str, options: Option<&str>) -> String {
+    match options {
+        Some(o) => format!("{o} {} iam:{}:{}\n", key.key.as_str(), iam_user, key.id),
+        None => format!("{} iam:{}:{}\n", key.key.as_str(), iam_user, key.id),
+    }
 }
 
-pub fn render_keys(answer: &Answer, login: &LoginName) -> String {
+pub fn render_keys(answer: &Answer, login: &LoginName, options: Option<&str>) -> String {
     answer
         .keys
         .iter()
-        .map(|k| key_line(k, login.iam_user().as_str()))
+        .map(|k| key_line(k, login.iam_user().as_str(), options))
         .collect()
 }
 
-pub fn render_json(answer: &Answer, login: &LoginName) -> String {
+fn pretty(v: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".to_string());
+    s.push('\n');
+    s
+}
+
+/// `--json` for an account the local rules refuse (no IAM call was made).
+pub fn render_refusal_json(login: &LoginName, why: &str) -> String {
+    pretty(&json!({
+        "user": login.as_str(),
+        "iam_user": login.iam_user().as_str(),
+        "result": "refused",
+        "decision": format!("refused: {why}"),
+        "source": "policy",
+        "iam_calls": 0,
+        "keys": [],
+    }))
+}
+
+/// One row of `map`: the name, its reading as a Linux name, its reading as an IAM name.
+pub type MapRow = (String, Result<String, String>, Result<String, String>);
+
+pub fn render_map(rows: &[MapRow]) -> String {
+    let mut out = String::new();
+    for (name, as_linux, as_iam) in rows {
+        out.push_str(name);
+        out.push('\n');
+        match as_linux {
+            Ok(iam) => out.push_str(&format!("  Linux login {name} -> IAM user {iam}\n")),
+            Err(e) => out.push_str(&format!("  as a Linux login: none: {e}\n")),
+        }
+        match as_iam {
+            Ok(linux) => out.push_str(&format!("  IAM user {name} -> Linux login {linux}\n")),
+            Err(e) => out.push_str(&format!("  as an IAM user: none: {e}\n")),
+        }
+    }
+    out
+}
+
+pub fn render_map_json(rows: &[MapRow]) -> String {
+    let side = |r: &Result<String, String>, key: &str| match r {
+        Ok(v) => json!({ key: v }),
+        Err(e) => json!({ "error": e }),
+    };
+    let v: Vec<_> = rows
+        .iter()
+        .map(|(name, a, b)| {
+            json!({
+                "name": name,
+                "as_linux_login": side(a, "iam_user"),
+                "as_iam_user": side(b, "linux_login"),
+            })
+        })
+        .collect();
+    pretty(&serde_json::Value::Array(v))
+}
+
+pub fn render_json(
+    answer: &Answer,
+    login: &LoginName,
+    options: Option<&str>,
+    decision: &str,
+) -> String {
     let keys: Vec<_> = answer
         .keys
         .iter()
@@ -34,7 +100,7 @@ pub fn render_json(answer: &Answer, login: &LoginName) -> String {
                 "algorithm": k.key.algorithm(),
                 "fingerprint": k.key.fingerprint(),
                 "uploaded": k.uploaded,
-                "line": key_line(k, login.iam_user().as_str()).trim_end(),
+                "line": key_line(k, login.iam_user().as_str(), options).trim_end(),
             })
         })
         .collect();
@@ -47,6 +113,8 @@ pub fn render_json(answer: &Answer, login: &LoginName) -> String {
         "user": login.as_str(),
         "iam_user": login.iam_user().as_str(),
         "result": match answer.outcome {
+            _ if matches!(answer.group_verdict, Some(crate::policy::Verdict::Refused(_))) => "refused",
+            Outcome::NotInAllowedGroup => "refused",
             Outcome::Keys if answer.keys.is_empty() => "no_active_keys",
             Outcome::Keys => "keys",
             Outcome::NoSuchUser => "no_such_iam_user",
@@ -58,12 +126,13 @@ pub fn render_json(answer: &Answer, login: &LoginName) -> String {
         },
         "age_secs": answer.age_secs,
         "iam_calls": answer.iam_calls,
+        "decision": decision,
+        "groups": answer.groups,
+        "options": options,
         "keys": keys,
-        "refused": refused,
+        "rejected_keys": refused,
     });
-    let mut s = serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".to_string());
-    s.push('\n');
-    s
+    pretty(&v)
 }
 
 /// Writes `text` to stdout in one locked write.

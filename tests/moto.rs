@@ -1,248 +1,18 @@
 //! Black-box tests of the real binary against the IAM emulator (moto), each through its own counting,
-//! fault-injecting proxy. `tests/run.sh` starts moto and sets IAK_MOTO_URL; without it these tests fail.
+//! fault-injecting proxy: the core lookup, cache and faults. `tests/run.sh` starts moto and sets IAK_MOTO_URL.
 
+#[path = "support/harness.rs"]
+mod harness;
 #[path = "support/proxy.rs"]
 mod proxy;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_iam::types::{EncodingType, StatusType};
-use proxy::{Fault, Proxy};
-
-const BIN: &str = env!("CARGO_BIN_EXE_iam-authorized-keys");
-/// Nothing listens here: the emulator "stopped".
-const DEAD: &str = "http://127.0.0.1:9";
-
-fn moto_url() -> String {
-    std::env::var("IAK_MOTO_URL")
-        .expect("IAK_MOTO_URL is not set: run these tests through tests/run.sh, which starts moto")
-}
-
-fn moto_addr() -> SocketAddr {
-    moto_url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("IAK_MOTO_URL must be http://IP:PORT")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// Sets up IAM state in the emulator with the SDK itself.
-struct Iam {
-    rt: tokio::runtime::Runtime,
-    client: aws_sdk_iam::Client,
-}
-
-impl Iam {
-    fn new() -> Self {
-        let conf = aws_sdk_iam::Config::builder()
-            .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
-            .region(aws_sdk_iam::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_iam::config::Credentials::new(
-                "test", "test", None, None, "tests",
-            ))
-            .endpoint_url(moto_url())
-            .http_client(iam_authorized_keys::iam::http_client())
-            .build();
-        Iam {
-            rt: runtime(),
-            client: aws_sdk_iam::Client::from_conf(conf),
-        }
-    }
-
-    fn user(&self, name: &str) {
-        self.rt
-            .block_on(self.client.create_user().user_name(name).send())
-            .expect("create user");
-    }
-
-    /// Uploads `body`, returns the key id.
-    fn upload(&self, user: &str, body: &str) -> String {
-        let out = self
-            .rt
-            .block_on(
-                self.client
-                    .upload_ssh_public_key()
-                    .user_name(user)
-                    .ssh_public_key_body(body)
-                    .send(),
-            )
-            .expect("upload");
-        out.ssh_public_key()
-            .expect("key")
-            .ssh_public_key_id()
-            .to_string()
-    }
-
-    fn deactivate(&self, user: &str, id: &str) {
-        self.rt
-            .block_on(
-                self.client
-                    .update_ssh_public_key()
-                    .user_name(user)
-                    .ssh_public_key_id(id)
-                    .status(StatusType::Inactive)
-                    .send(),
-            )
-            .expect("deactivate");
-    }
-
-    fn delete(&self, user: &str, id: &str) {
-        self.rt
-            .block_on(
-                self.client
-                    .delete_ssh_public_key()
-                    .user_name(user)
-                    .ssh_public_key_id(id)
-                    .send(),
-            )
-            .expect("delete");
-    }
-
-    #[allow(dead_code)]
-    fn body(&self, user: &str, id: &str) -> String {
-        self.rt
-            .block_on(
-                self.client
-                    .get_ssh_public_key()
-                    .user_name(user)
-                    .ssh_public_key_id(id)
-                    .encoding(EncodingType::Ssh)
-                    .send(),
-            )
-            .expect("get")
-            .ssh_public_key()
-            .expect("key")
-            .ssh_public_key_body()
-            .to_string()
-    }
-}
-
-/// A fresh key pair from ssh-keygen; returns the public line.
-fn keygen(dir: &Path, name: &str) -> String {
-    let path = dir.join(name);
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-N", "", "-t", "ed25519", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .expect("ssh-keygen must be installed (tests/run.sh installs openssh-client)");
-    assert!(st.success());
-    std::fs::read_to_string(path.with_extension("pub")).expect("pub")
-}
-
-fn canonical(line: &str) -> String {
-    line.split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-struct Case {
-    dir: tempfile::TempDir,
-    proxy: Proxy,
-    iam: Iam,
-}
-
-impl Case {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tmp");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
-            .expect("chmod");
-        Case {
-            dir,
-            proxy: Proxy::start("127.0.0.1:0", moto_addr()).expect("proxy"),
-            iam: Iam::new(),
-        }
-    }
-
-    /// A new IAM user (named from `prefix`, unique per run) with one uploaded key; returns both.
-    fn user_with_key(&self, prefix: &str) -> (String, String) {
-        let u = unique(prefix);
-        self.iam.user(&u);
-        let k = keygen(self.dir.path(), &format!("{u}-k"));
-        self.iam.upload(&u, &k);
-        (u, k)
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.dir.path().join("cache")
-    }
-
-    fn record(&self, user: &str) -> PathBuf {
-        self.cache().join(format!("{user}.json"))
-    }
-
-    /// Runs the binary through this case's proxy with an sshd-like environment plus test credentials.
-    fn run(&self, user: &str, extra: &[&str]) -> Output {
-        self.run_at(&self.proxy.url(), user, extra)
-    }
-
-    fn run_at(&self, endpoint: &str, user: &str, extra: &[&str]) -> Output {
-        command(endpoint, &self.cache(), user, extra)
-            .output()
-            .expect("run binary")
-    }
-}
-
-fn command(endpoint: &str, cache: &Path, user: &str, extra: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", "/nonexistent")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .arg("--endpoint-url")
-        .arg(endpoint)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(extra)
-        .arg("--")
-        .arg(user);
-    c
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("utf8 stdout")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).expect("json on stdout")
-}
-
-/// Served lines as `<algorithm> <base64>`, after checking the comment names the user and a key id.
-fn served(o: &Output, user: &str) -> Vec<String> {
-    assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(o));
-    stdout(o)
-        .lines()
-        .map(|l| {
-            let f: Vec<_> = l.split(' ').collect();
-            assert_eq!(f.len(), 3, "line {l:?}");
-            let comment = f[2].strip_prefix(&format!("iam:{user}:")).expect("comment");
-            assert!(comment.starts_with("APKA"), "{l}");
-            format!("{} {}", f[0], f[1])
-        })
-        .collect()
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", std::process::id())
-}
+use harness::*;
+use proxy::Fault;
 
 #[test]
 fn serves_active_keys_and_follows_iam_changes() {
@@ -483,22 +253,6 @@ fn iam_faults_fall_back_to_stale_or_fail_closed() {
 }
 
 /// Writes a record for `user` that a local attacker would like us to serve, with file mode `mode`.
-fn plant(path: &Path, user: &str, key: &str, mode: u32) {
-    let rec = serde_json::json!({
-        "version": 1, "iam_user": user, "fetched_at": now(),
-        "outcome": "keys", "keys": [{"id": "APKAPLANTED", "key": canonical(key)}]
-    });
-    std::fs::write(path, serde_json::to_vec(&rec).expect("enc")).expect("plant");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
 #[test]
 fn tampered_records_are_ignored_and_replaced() {
     let c = Case::new();
@@ -721,6 +475,8 @@ fn credentials_come_from_a_trusted_file_without_environment() {
                 "--no-cache",
                 "--profile",
                 "iak",
+                "--uid",
+                "5000",
             ])
             .arg("--credentials-file")
             .arg(&creds)

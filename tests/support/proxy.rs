@@ -29,6 +29,19 @@ pub struct Fault {
 struct State {
     fault: Fault,
     counts: BTreeMap<(String, String), u64>,
+    /// (service from the SigV4 credential scope, action, access key id) of every request.
+    signed: Vec<(String, String, String)>,
+    in_flight: u32,
+    max_in_flight: u32,
+}
+
+/// Decrements the in-flight count when a request is done, however it ends.
+struct InFlight<'a>(&'a Proxy);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+    }
 }
 
 #[derive(Clone)]
@@ -71,6 +84,32 @@ impl Proxy {
         let mut s = self.lock();
         s.fault = Fault::default();
         s.counts.clear();
+        s.signed.clear();
+        s.max_in_flight = 0;
+    }
+
+    /// Every `service:Action` seen (e.g. `iam:ListSSHPublicKeys`, `sts:AssumeRole`).
+    pub fn actions(&self) -> std::collections::BTreeSet<String> {
+        self.lock()
+            .signed
+            .iter()
+            .map(|(svc, a, _)| format!("{svc}:{a}"))
+            .collect()
+    }
+
+    /// Access key ids that signed requests for `action`.
+    pub fn signers(&self, action: &str) -> std::collections::BTreeSet<String> {
+        self.lock()
+            .signed
+            .iter()
+            .filter(|(_, a, _)| a == action)
+            .map(|(_, _, k)| k.clone())
+            .collect()
+    }
+
+    /// Most requests in progress at once since the last `clear`.
+    pub fn max_in_flight(&self) -> u32 {
+        self.lock().max_in_flight
     }
 
     /// Requests seen for `user` (all actions), faults included.
@@ -148,11 +187,27 @@ impl Proxy {
         };
         let action = param("Action");
         let user = param("UserName");
+        // Authorization: AWS4-HMAC-SHA256 Credential=AKID/20261123/us-east-1/iam/aws4_request, ...
+        let (key_id, service) = head
+            .lines()
+            .find_map(|l| l.split_once("Credential=").map(|(_, c)| c.to_string()))
+            .map(|c| {
+                let parts: Vec<&str> = c.split(['/', ',']).collect();
+                (
+                    parts.first().copied().unwrap_or("").to_string(),
+                    parts.get(3).copied().unwrap_or("").to_string(),
+                )
+            })
+            .unwrap_or_default();
         let fault = {
             let mut s = self.lock();
             *s.counts.entry((action.clone(), user)).or_default() += 1;
+            s.signed.push((service, action.clone(), key_id));
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
             s.fault.clone()
         };
+        let _in_flight = InFlight(self);
         if fault.latency_ms > 0 {
             std::thread::sleep(Duration::from_millis(fault.latency_ms));
         }
