@@ -41,7 +41,10 @@ Where:
 
 Lookup flags written into the drop-in's AuthorizedKeysCommand line (see iam-authorized-keys --help):
   --ttl D  --negative-ttl D  --max-stale D  --timeout D  --region R  --endpoint-url URL
-  --credentials-file PATH  --profile NAME  --config PATH
+  --credentials-file PATH  --profile NAME  --config PATH  --allowed-group G (repeatable)
+  --name-case fold|preserve  --min-uid N  --allow-user U  --deny-user U (repeatable)
+  --assume-role ARN  --external-id ID  --sts-endpoint-url URL  --key-options LIST  --key-expiry
+  (Options with quotes, like from="...", belong in the --config file: sshd_config cannot carry them.)
 
 Nothing user-specific is installed: no keys, no cache records, no credentials.
 EOF
@@ -73,7 +76,10 @@ while [ $# -gt 0 ]; do
         --sshd-config-dir) SSHD_DIR=${2:?}; shift ;;
         --no-reload) RELOAD=0 ;;
         --uninstall) UNINSTALL=1 ;;
-        --ttl|--negative-ttl|--max-stale|--timeout|--region|--endpoint-url|--credentials-file|--profile|--config)
+        --key-expiry) FLAGS+=("$1") ;;
+        --ttl|--negative-ttl|--max-stale|--timeout|--region|--endpoint-url|--credentials-file|--profile|--config|\
+        --allowed-group|--name-case|--min-uid|--allow-user|--deny-user|--assume-role|--external-id|\
+        --sts-endpoint-url|--key-options)
             [ $# -ge 2 ] || die "$1 needs a value"
             safe_value "$1" "$2"
             FLAGS+=("$1" "$2"); shift ;;
@@ -310,7 +316,8 @@ record cachedir "$CACHE_DIR"
 command_line="$dest"
 [ ${#FLAGS[@]} -gt 0 ] && command_line+=" ${FLAGS[*]}"
 [ "$CACHE_DIR" != /var/cache/$NAME ] && command_line+=" --cache-dir $CACHE_DIR"
-command_line+=" -- %u"
+# %U lets the account rules see the UID sshd resolved (NSS included); %f %t are logged for the audit.
+command_line+=" --uid %U -- %u %f %t"
 mkdirs "$SSHD_DIR"
 [ -e "$R$DROPIN" ] || CREATED+=("$R$DROPIN")
 sed -e "s|^AuthorizedKeysCommand .*|AuthorizedKeysCommand $command_line|" \

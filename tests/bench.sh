@@ -47,7 +47,7 @@ printf 'int main(void){return 0;}\n' > "$W/noop.c"
 x86_64-linux-musl-gcc -O2 -static-pie -o "$W/noop" "$W/noop.c"
 
 mkdir -m 700 "$W/cache"
-IAK="$BIN --endpoint-url http://127.0.0.1:$PPORT --credentials-file $W/credentials --cache-dir $W/cache"
+IAK="$BIN --endpoint-url http://127.0.0.1:$PPORT --credentials-file $W/credentials --cache-dir $W/cache --uid 5000"
 $IAK bench5 >/dev/null
 echo "## machine"; echo "$(nproc) cores, $(uname -r), $(date -u +%F)"
 echo "binary: $(stat -c %s "$BIN") bytes"

@@ -20,7 +20,9 @@ chmod 0755 "$E"
 SVC=iak-e2e
 # Unique per run: the emulator may outlive one run.
 ALICE=iakalice$$ BOB=iakbob$$ CAROL=iakcarol$$
-USERS=("$ALICE" "$BOB" "$CAROL")
+# An IAM name Linux cannot hold, and its documented Linux name; a system account named like an IAM user.
+MAPPED_IAM="iakm$$+ops@ex.io" MAPPED=iakm$$.plus.ops.at.ex.io SYSU=iaksys$$
+USERS=("$ALICE" "$BOB" "$CAROL" "$MAPPED" "$SYSU")
 SSHD_PID=
 PROXY_PID=
 
@@ -64,11 +66,13 @@ LogLevel VERBOSE
 EOF
 printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$E/credentials"
 chmod 0644 "$E/credentials"
+# Root-owned config file: key options are read from it on every lookup (quotes cannot go in sshd_config).
+: > "$E/iak.conf"
 
 "$HERE/../install.sh" --binary "$BIN" --bindir "$E/bin" --user "$SVC" --cache-dir "$E/cache" \
     --sshd-config "$E/sshd_config" --sshd-config-dir "$E/sshd_config.d" --no-reload \
     --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" \
-    --ttl 3 --negative-ttl 1 --max-stale 9 --timeout 2
+    --ttl 3 --negative-ttl 1 --max-stale 9 --timeout 2 --config "$E/iak.conf"
 grep -q "^Include $E/sshd_config.d/\*.conf" "$E/sshd_config" || fail "install.sh did not add the Include line"
 grep -q "^AuthorizedKeysCommandUser $SVC$" "$E/sshd_config.d/50-iam-authorized-keys.conf" || fail "drop-in user"
 [ "$(stat -c '%U %a' "$E/cache")" = "$SVC 700" ] || fail "cache dir owner/mode: $(stat -c '%U %a' "$E/cache")"
@@ -84,10 +88,12 @@ wait_port "$PORT" || fail "sshd did not start: $(cat "$E/sshd.log")"
 SSHD_PID=$(cat "$E/sshd.pid")
 
 for u in "${USERS[@]}"; do
-    useradd --no-create-home --home-dir / --shell /bin/sh "$u"
+    if [ "$u" = "$SYSU" ]; then sys=--system; else sys=; fi
+    useradd $sys --no-create-home --home-dir / --shell /bin/sh "$u"
     usermod -p '*' "$u"   # '!' counts as locked with UsePAM no
 done
-for k in alice stranger carol; do ssh-keygen -q -t ed25519 -N '' -C "$k" -f "$E/$k"; done
+[ "$(id -u "$SYSU")" -lt 1000 ] || fail "useradd --system gave $SYSU a UID >= 1000"
+for k in alice stranger carol mapped sys; do ssh-keygen -q -t ed25519 -N '' -C "$k" -f "$E/$k"; done
 iam create-user $ALICE
 ALICE_KEY=$(iam upload $ALICE "$E/alice.pub")
 iam create-user $CAROL
@@ -109,6 +115,30 @@ out=$(cd / && runuser -u "$SVC" -- env -i PATH=/usr/bin:/bin HOME=/nonexistent \
     --cache-dir "$E/cache" -- $ALICE) || fail "command exited $? as the AuthorizedKeysCommandUser"
 [ "$(echo "$out" | awk '{print $1" "$2}')" = "$(awk '{print $1" "$2}' "$E/alice.pub")" ] || fail "served key differs"
 pass "command exits 0 and prints the key as the AuthorizedKeysCommandUser"
+
+# Access policy through the real sshd: a mapped name, a system account, restrict.
+iam create-user "$MAPPED_IAM"
+iam upload "$MAPPED_IAM" "$E/mapped.pub" >/dev/null
+login mapped "$MAPPED" || fail "$MAPPED (IAM $MAPPED_IAM) could not log in: $(tail -5 "$E/sshd.log")"
+pass "login as mapped name $MAPPED for IAM user $MAPPED_IAM"
+iam create-user "$SYSU"
+iam upload "$SYSU" "$E/sys.pub" >/dev/null
+! login sys "$SYSU" || fail "system account $SYSU (UID $(id -u "$SYSU")) logged in with an IAM key"
+curl -fsS "$IAM_URL/__proxy/counts" | grep -q " $SYSU " && fail "IAM was asked about system account $SYSU"
+pass "a system account named like an IAM user is refused without an IAM call"
+
+fwd() {  # stdio forwarding to sshd's own port: the banner comes back unless forwarding is refused
+    timeout 20 ssh -F /dev/null -i "$E/alice" -p "$PORT" -o BatchMode=yes -o StrictHostKeyChecking=no \
+        -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o LogLevel=ERROR \
+        -W "127.0.0.1:$PORT" "$ALICE@127.0.0.1" </dev/null 2>"$E/fwd.err" | head -c 7 || true
+}
+[ "$(fwd)" = "SSH-2.0" ] || fail "forwarding without key options did not work: $(cat "$E/fwd.err")"
+echo 'key-options = restrict,from="127.0.0.1"' > "$E/iak.conf"
+[ "$(fwd)" = "" ] || fail "forwarding worked with key option restrict"
+grep -qi "prohibited\|open failed\|forwarding failed" "$E/fwd.err" || fail "no refusal from sshd: $(cat "$E/fwd.err")"
+login alice $ALICE || fail "restrict should still allow a plain login"
+: > "$E/iak.conf"
+pass "key option restrict: port forwarding refused, login allowed"
 
 ! login stranger $ALICE || fail "a key not in IAM logged in"
 pass "a key not in IAM is refused"

@@ -33,7 +33,7 @@ diff -u "$W/want" "$W/files" || fail "unexpected files in the image tree"
 [ "$(stat -c %a "$T/var/cache/iam-authorized-keys")" = 700 ] || fail "cache dir mode"
 ! find "$T" -name 'authorized_keys*' -o -name '*.json' -o -name 'credentials' | grep -q . ||
     fail "keys, records or credentials in the image"
-grep -q "^AuthorizedKeysCommand /usr/local/bin/iam-authorized-keys -- %u$" \
+grep -q "^AuthorizedKeysCommand /usr/local/bin/iam-authorized-keys --uid %U -- %u %f %t$" \
     "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" || fail "drop-in command line"
 grep -q "systemd-sysusers" "$W/log1" || fail "no note about the user being created at boot"
 pass "install into an empty tree writes only binary, drop-in, sysusers/tmpfiles entries and manifest"
@@ -50,7 +50,7 @@ before=$(snapshot "$T")
 "$INSTALL" --root "$T" --binary "$BIN" --ttl 10m --max-stale 2h --region eu-west-1 2>"$W/log2" ||
     fail "install into root-like tree: $(cat "$W/log2")"
 head -2 "$T/etc/ssh/sshd_config" | grep -q "^Include /etc/ssh/sshd_config.d/\*.conf$" || fail "Include not first"
-grep -q "^AuthorizedKeysCommand /usr/local/bin/iam-authorized-keys --ttl 10m --max-stale 2h --region eu-west-1 -- %u$" \
+grep -q "^AuthorizedKeysCommand /usr/local/bin/iam-authorized-keys --ttl 10m --max-stale 2h --region eu-west-1 --uid %U -- %u %f %t$" \
     "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" || fail "flags not in the drop-in"
 grep -q "^iam-authorized-keys:" "$T/etc/passwd" || fail "user not created in the tree"
 [ "$(stat -c %u "$T/var/cache/iam-authorized-keys")" = "$(awk -F: '$1=="iam-authorized-keys"{print $3}' "$T/etc/passwd")" ] ||
@@ -77,7 +77,7 @@ printf 'ID=flatcar\nNAME="Flatcar Container Linux by Kinvolk"\n' > "$T/etc/os-re
 printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
 "$INSTALL" --root "$T" --binary "$BIN" 2>/dev/null || fail "install into a Flatcar tree"
 [ -x "$T/opt/bin/iam-authorized-keys" ] && [ ! -e "$T/usr/local/bin/iam-authorized-keys" ] || fail "not in /opt/bin"
-grep -q "^AuthorizedKeysCommand /opt/bin/iam-authorized-keys -- %u$" "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" ||
+grep -q "^AuthorizedKeysCommand /opt/bin/iam-authorized-keys --uid %U -- %u %f %t$" "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" ||
     fail "Flatcar drop-in does not point at /opt/bin"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null
 pass "Flatcar tree: binary in /opt/bin, drop-in points there"

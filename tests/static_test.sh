@@ -35,7 +35,7 @@ install -m 0755 "$BIN" "$C/iam-authorized-keys"
 printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$C/credentials"
 chmod 0600 "$C/credentials"
 in_chroot() {
-    env -i "$CHROOT" "$C" /iam-authorized-keys --no-cache --timeout 3s --credentials-file /credentials "$@" -- "$U"
+    env -i "$CHROOT" "$C" /iam-authorized-keys --no-cache --timeout 3s --uid 5000 --credentials-file /credentials "$@" -- "$U"
 }
 out=$(in_chroot --endpoint-url "$MOTO_URL") || fail "binary failed in an empty chroot"
 [ "$(echo "$out" | awk '{print $1" "$2}')" = "$want" ] || fail "chroot output: $out"
