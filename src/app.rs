@@ -8,7 +8,7 @@ use crate::cache::{self, Cache, Loaded, Outcome, Record, ServedKey};
 use crate::cli::{Cli, Command};
 use crate::config::{Config, Env, Freshness};
 use crate::error::Error;
-use crate::log::Log;
+use crate::log::{Log, Priority};
 use crate::policy::{self, Verdict};
 use crate::username::{sanitize, LoginName};
 use crate::{fsutil, iam, keyopts, output};
@@ -195,11 +195,21 @@ fn env() -> Env {
 }
 
 /// Entry point after argument parsing.
-pub fn run(cli: &Cli, log: &Log) -> Result<(), Error> {
+pub fn run(cli: &Cli, log: &mut Log) -> Result<(), Error> {
     let started = Instant::now();
     let cfg = Config::build(&cli.opts, &env())?;
-    if let Some(Command::Map { names }) = &cli.command {
-        return map_names(names, &cfg);
+    if let Some(dir) = &cfg.cache_dir {
+        if fsutil::check_dir(dir).is_ok() {
+            log.set_marks_dir(dir);
+        }
+    }
+    match &cli.command {
+        Some(Command::Map { names }) => return map_names(names, &cfg),
+        Some(Command::Doctor(args)) => return crate::doctor::run(args, &cfg, log),
+        Some(Command::Cache(args)) => return crate::cachecmd::run(args, &cfg, log),
+        Some(Command::Completions { shell }) => return crate::docs::completions(*shell),
+        Some(Command::Man) => return crate::docs::man(),
+        None => {}
     }
     let raw = cli
         .user
@@ -208,62 +218,182 @@ pub fn run(cli: &Cli, log: &Log) -> Result<(), Error> {
     let user = raw.to_str().ok_or(Error::NonUtf8User)?;
     let login = LoginName::parse(user, cfg.name_case)?;
     let offered = Offered::from_cli(cli, log);
-    let deadline = started + cfg.timeout;
+    match decide(&cfg, &login, started, log) {
+        Ok(decided) => {
+            audit(log, &login, &offered, Some(&decided), None, started);
+            let text = match (&decided, cfg.json) {
+                (Decided::Refused(why), true) => output::render_refusal_json(&login, why),
+                (Decided::Refused(_), false) => String::new(),
+                (Decided::Answered(answer, decision), json) => {
+                    let options = line_options(&cfg, answer);
+                    if json {
+                        output::render_json(answer, &login, options.as_deref(), decision)
+                    } else {
+                        output::render_keys(answer, &login, options.as_deref())
+                    }
+                }
+            };
+            output::emit(&text)
+        }
+        Err(e) => {
+            audit(log, &login, &offered, None, Some(&e), started);
+            Err(e)
+        }
+    }
+}
 
+/// What a lookup decided for an account.
+#[derive(Debug)]
+pub enum Decided {
+    /// The local account rules refused it; no cache or IAM access happened.
+    Refused(String),
+    /// An answer from the cache or IAM, with the group rule applied, and the decision in words.
+    Answered(Answer, String),
+}
+
+/// Account rules, then the cached/IAM answer with the group rule applied.
+pub fn decide(
+    cfg: &Config,
+    login: &LoginName,
+    started: Instant,
+    log: &Log,
+) -> Result<Decided, Error> {
     // Local account rules first: a refused account costs no cache read and no IAM call.
     let verdict = policy::check_account(login.as_str(), cfg.uid, &cfg.accounts, |n| {
         policy::passwd_uid(std::path::Path::new(policy::PASSWD), n)
     });
-    if let Verdict::Refused(why) = &verdict {
-        log.info(&format!("refused {}: {why}", login.as_str()));
-        log.audit_offered(login.as_str(), &offered, "refused (account rule)");
-        let text = if cfg.json {
-            output::render_refusal_json(&login, why)
-        } else {
-            String::new()
-        };
-        return output::emit(&text);
+    match verdict {
+        Verdict::Refused(why) => return Ok(Decided::Refused(why)),
+        Verdict::Allowed(why) => log.debug(&format!("account rule: {why}")),
     }
-    if let Verdict::Allowed(why) = &verdict {
-        log.debug(&format!("account rule: {why}"));
-    }
-
-    let mut answer = lookup(&cfg, &login, deadline, log)?;
+    let mut answer = lookup(cfg, login, started + cfg.timeout, log)?;
     apply_groups(&mut answer, &cfg.allowed_groups);
     let decision = match &answer.group_verdict {
         Some(Verdict::Refused(why)) => format!("refused: {why}"),
         Some(Verdict::Allowed(why)) => format!("allowed: {why}"),
         None => "allowed".to_string(),
     };
-    log.info(&format!(
-        "{} key(s) for {} (IAM user {}) from {}, age {}s, {} IAM call(s), {} ms; {decision}",
-        answer.keys.len(),
-        login.as_str(),
-        login.iam_user(),
-        match answer.source {
-            Source::Cache => "cache",
-            Source::Iam => "IAM",
-            Source::Stale => "stale cache",
-        },
-        answer.age_secs,
-        answer.iam_calls,
-        started.elapsed().as_millis()
-    ));
-    if let Some(fp) = &offered.fingerprint {
-        let hit = answer.keys.iter().find(|k| &k.key.fingerprint() == fp);
-        let what = match hit {
-            Some(k) => format!("served as IAM key {}", k.id),
-            None => format!("not among the {} served key(s)", answer.keys.len()),
-        };
-        log.audit_offered(login.as_str(), &offered, &what);
+    Ok(Decided::Answered(answer, decision))
+}
+
+pub fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Cache => "cache",
+        Source::Iam => "iam",
+        Source::Stale => "stale",
     }
-    let options = line_options(&cfg, &answer);
-    let text = if cfg.json {
-        output::render_json(&answer, &login, options.as_deref(), &decision)
-    } else {
-        output::render_keys(&answer, &login, options.as_deref())
+}
+
+/// The one audit event of a lookup: journald fields (or syslog), and the -v summary on stderr.
+fn audit(
+    log: &Log,
+    login: &LoginName,
+    offered: &Offered,
+    decided: Option<&Decided>,
+    failed: Option<&Error>,
+    started: Instant,
+) {
+    let ms = started.elapsed().as_millis().to_string();
+    let mut f: Vec<(&str, String)> = vec![
+        ("IAK_USER", login.as_str().to_string()),
+        ("IAK_IAM_USER", login.iam_user().as_str().to_string()),
+        ("IAK_DURATION_MS", ms.clone()),
+    ];
+    if let Some(fp) = &offered.fingerprint {
+        f.push(("IAK_OFFERED_FP", fp.clone()));
+    }
+    if let Some(t) = &offered.key_type {
+        f.push(("IAK_OFFERED_TYPE", t.clone()));
+    }
+    let offered_text = |hit: Option<&str>, n: usize| match (&offered.fingerprint, hit) {
+        (None, _) => String::new(),
+        (Some(fp), Some(id)) => format!("; offered key {fp} served as IAM key {id}"),
+        (Some(fp), None) => format!("; offered key {fp} not among the {n} served key(s)"),
     };
-    output::emit(&text)
+    let (priority, msg) = match (decided, failed) {
+        (Some(Decided::Refused(why)), _) => {
+            f.extend([
+                ("IAK_RESULT", "refused".to_string()),
+                ("IAK_SOURCE", "policy".to_string()),
+                ("IAK_KEYS", "0".to_string()),
+                ("IAK_DECISION", format!("refused: {why}")),
+            ]);
+            (
+                Priority::Info,
+                format!("refused {}: {why}{}", login.as_str(), offered_text(None, 0)),
+            )
+        }
+        (Some(Decided::Answered(a, decision)), _) => {
+            let hit = offered.fingerprint.as_ref().and_then(|fp| {
+                a.keys
+                    .iter()
+                    .find(|k| &k.key.fingerprint() == fp)
+                    .map(|k| k.id.clone())
+            });
+            let result = match a.outcome {
+                _ if matches!(a.group_verdict, Some(Verdict::Refused(_))) => "refused",
+                Outcome::NotInAllowedGroup => "refused",
+                Outcome::NoSuchUser => "no_such_iam_user",
+                Outcome::Keys if a.keys.is_empty() => "no_active_keys",
+                Outcome::Keys => "served",
+            };
+            f.extend([
+                ("IAK_RESULT", result.to_string()),
+                ("IAK_SOURCE", source_name(a.source).to_string()),
+                ("IAK_KEYS", a.keys.len().to_string()),
+                (
+                    "IAK_KEY_IDS",
+                    a.keys
+                        .iter()
+                        .map(|k| k.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                ("IAK_AGE_S", a.age_secs.to_string()),
+                ("IAK_IAM_CALLS", a.iam_calls.to_string()),
+                ("IAK_DECISION", decision.clone()),
+            ]);
+            if offered.fingerprint.is_some() {
+                f.push(("IAK_OFFERED_MATCH", hit.clone().unwrap_or("none".into())));
+            }
+            (
+                if a.source == Source::Stale {
+                    Priority::Warning
+                } else {
+                    Priority::Info
+                },
+                format!(
+                    "{} key(s) for {} (IAM user {}) from {}, age {}s, {} IAM call(s), {ms} ms; {decision}{}",
+                    a.keys.len(),
+                    login.as_str(),
+                    login.iam_user(),
+                    match a.source {
+                        Source::Cache => "cache",
+                        Source::Iam => "IAM",
+                        Source::Stale => "stale cache",
+                    },
+                    a.age_secs,
+                    a.iam_calls,
+                    offered_text(hit.as_deref(), a.keys.len())
+                ),
+            )
+        }
+        (None, e) => {
+            let e = e.map(ToString::to_string).unwrap_or_default();
+            f.extend([
+                ("IAK_RESULT", "failed".to_string()),
+                ("IAK_SOURCE", "none".to_string()),
+                ("IAK_KEYS", "0".to_string()),
+                ("IAK_ERROR", e.clone()),
+            ]);
+            (
+                Priority::Err,
+                format!("no keys for {}: {e}", login.as_str()),
+            )
+        }
+    };
+    let fields: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    log.event(priority, &msg, &fields);
 }
 
 /// `map NAME...`: each name read as a Linux name and as an IAM name.
@@ -322,26 +452,37 @@ fn stale_or_fail(
                 servable: true,
             },
         ) => {
-            log.warn(&format!(
-                "serving cached answer for {} aged {age}s because {err}",
-                l.record.iam_user
-            ));
+            log.warn_limited(
+                "stale",
+                &l.record.iam_user,
+                &format!(
+                    "serving cached answer for {} aged {age}s because {err}",
+                    l.record.iam_user
+                ),
+            );
             Ok(from_cache(l, Source::Stale, age))
         }
         _ => Err(err),
     }
 }
 
-fn lookup(cfg: &Config, login: &LoginName, deadline: Instant, log: &Log) -> Result<Answer, Error> {
+pub fn lookup(
+    cfg: &Config,
+    login: &LoginName,
+    deadline: Instant,
+    log: &Log,
+) -> Result<Answer, Error> {
     let user = login.iam_user();
     let cache = match &cfg.cache_dir {
         None => None,
         Some(dir) => match Cache::open(dir) {
             Ok(c) => Some(c),
             Err(e) => {
-                log.warn(&format!(
-                    "cache not used: {e}; answering from IAM without caching"
-                ));
+                log.warn_limited(
+                    "cache-unusable",
+                    "",
+                    &format!("cache not used: {e}; answering from IAM without caching"),
+                );
                 None
             }
         },
@@ -374,14 +515,13 @@ fn lookup(cfg: &Config, login: &LoginName, deadline: Instant, log: &Log) -> Resu
     let _lock = match &cache {
         None => None,
         Some(c) => {
-            let path = c.lock_path(user);
-            let (lock, waited) = match fsutil::lock_until(&path, Instant::now())? {
+            let (lock, waited) = match c.lock(user, Instant::now())? {
                 Some(l) => (Some(l), false),
                 None => {
                     log.info(&format!(
                         "another lookup of {user} is running; waiting for it"
                     ));
-                    (fsutil::lock_until(&path, deadline)?, true)
+                    (c.lock(user, deadline)?, true)
                 }
             };
             let Some(lock) = lock else {
@@ -408,9 +548,13 @@ fn lookup(cfg: &Config, login: &LoginName, deadline: Instant, log: &Log) -> Resu
                         servable: true,
                     },
                 ) if waited => {
-                    log.warn(&format!(
-                        "serving cached answer for {user} aged {age}s: the lookup we waited for did not refresh it"
-                    ));
+                    log.warn_limited(
+                        "stale",
+                        user.as_str(),
+                        &format!(
+                            "serving cached answer for {user} aged {age}s: the lookup we waited for did not refresh it"
+                        ),
+                    );
                     return Ok(from_cache(l.clone(), Source::Stale, age));
                 }
                 _ => {}
@@ -426,7 +570,11 @@ fn lookup(cfg: &Config, login: &LoginName, deadline: Instant, log: &Log) -> Resu
     match ask_iam(cfg, login, &known, deadline) {
         Ok(fetched) => {
             for (id, why) in &fetched.rejected {
-                log.warn(&format!("IAM key {id} of {user} not served: {why}"));
+                log.warn_limited(
+                    &format!("rejected-key {id}"),
+                    user.as_str(),
+                    &format!("IAM key {id} of {user} not served: {why}"),
+                );
             }
             let record = Record {
                 version: cache::FORMAT_VERSION,
@@ -468,18 +616,24 @@ fn ask_iam(
     if budget < MIN_IAM_BUDGET {
         return Err(Error::Deadline(cfg.timeout.as_millis()));
     }
+    with_runtime(cfg, budget, async {
+        let client = iam::client(cfg, budget).await;
+        iam::fetch(&client, login.iam_user(), known, &cfg.allowed_groups).await
+    })
+}
+
+/// Runs `work` on a one-thread runtime under a hard deadline of `budget` (the cold path only).
+pub fn with_runtime<T>(
+    cfg: &Config,
+    budget: Duration,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     iam::pin_trust_roots(cfg);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Iam(format!("cannot start the async runtime: {e}")))?;
-    let result = rt.block_on(async {
-        tokio::time::timeout(budget, async {
-            let client = iam::client(cfg, budget).await;
-            iam::fetch(&client, login.iam_user(), known, &cfg.allowed_groups).await
-        })
-        .await
-    });
+    let result = rt.block_on(async { tokio::time::timeout(budget, work).await });
     // Do not wait for stuck resolver threads or connections: the deadline is the deadline.
     rt.shutdown_background();
     match result {

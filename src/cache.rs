@@ -150,6 +150,8 @@ pub fn parse(bytes: &[u8], user: &IamUser) -> Result<Loaded, String> {
 #[derive(Debug, Clone)]
 pub struct Cache {
     dir: PathBuf,
+    /// Owner of the directory; every record and lock in it must be owned by this user.
+    owner: u32,
 }
 
 /// The result of reading one user's record.
@@ -164,14 +166,88 @@ pub enum Read {
 impl Cache {
     /// Uses `dir` if it is safe (creating it 0700 when missing).
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        fsutil::prepare_dir(dir)?;
+        let owner = fsutil::prepare_dir(dir)?;
         Ok(Cache {
             dir: dir.to_path_buf(),
+            owner,
+        })
+    }
+
+    /// Uses `dir` only if it exists and is safe (for tools that must not create it).
+    pub fn open_existing(dir: &Path) -> Result<Self, Error> {
+        let owner = fsutil::check_dir(dir)?;
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+            owner,
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn owner(&self) -> u32 {
+        self.owner
+    }
+
+    /// Takes `user`'s lock (see [`fsutil::lock_until`]).
+    pub fn lock(
+        &self,
+        user: &IamUser,
+        deadline: std::time::Instant,
+    ) -> Result<Option<fsutil::Lock>, Error> {
+        fsutil::lock_until(&self.lock_path(user), deadline, self.owner)
+    }
+
+    /// The IAM users that have a record here (file names that are valid IAM names), sorted.
+    pub fn users(&self) -> Result<Vec<IamUser>, Error> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let e = e.map_err(|e| Error::io(&self.dir, e))?;
+            let name = e.file_name();
+            if let Some(u) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| IamUser::parse(n).ok())
+            {
+                out.push(u);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes `user`'s record (its lock file stays: removing a lock file others may hold breaks flock).
+    pub fn purge(&self, user: &IamUser) -> Result<bool, Error> {
+        let path = self.record_path(user);
+        let existed = path.exists();
+        fsutil::remove(&path)?;
+        Ok(existed)
+    }
+
+    /// Removes temp files a killed writer left for `user` (`<user>.json.<pid>.<seq>.tmp`). Only called
+    /// with `user`'s lock held, so no live writer owns one.
+    fn remove_stray_temps(&self, user: &IamUser) {
+        let prefix = format!("{user}.json.");
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            let is_temp = rest.strip_suffix(".tmp").is_some_and(|r| {
+                let mut parts = r.split('.');
+                let digits = |p: Option<&str>| {
+                    p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                };
+                digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+            });
+            if is_temp {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     pub fn record_path(&self, user: &IamUser) -> PathBuf {
@@ -184,7 +260,7 @@ impl Cache {
 
     pub fn read(&self, user: &IamUser) -> Read {
         let path = self.record_path(user);
-        match fsutil::read_checked(&path, fsutil::euid()) {
+        match fsutil::read_checked(&path, self.owner) {
             Ok(None) => Read::Absent,
             Ok(Some(bytes)) => match parse(&bytes, user) {
                 Ok(loaded) => Read::Hit(loaded),
@@ -200,7 +276,8 @@ impl Cache {
         let mut bytes = serde_json::to_vec_pretty(record)
             .map_err(|e| Error::Config(format!("cannot encode cache record: {e}")))?;
         bytes.push(b'\n');
-        fsutil::write_atomic(&path, &bytes)
+        self.remove_stray_temps(&user);
+        fsutil::write_atomic(&path, &bytes, self.owner)
     }
 }
 

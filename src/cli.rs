@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "iam-authorized-keys",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("IAK_GIT_REV"), ")"),
     max_term_width = 100,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
@@ -42,6 +42,56 @@ pub enum Command {
         /// Linux login names or IAM user names.
         #[arg(value_name = "NAME", required = true)]
         names: Vec<OsString>,
+    },
+    /// Check the installation and, for USER, every step of a lookup; each line OK/WARN/FAIL with the fix.
+    /// Exits 0 only when nothing failed.
+    Doctor(DoctorArgs),
+    /// Inspect, purge or prefetch cached answers (with the same permission checks as lookups).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also check everything about this login: account, mapping, policy, keys in IAM, the cache.
+    #[arg(value_name = "USER")]
+    pub user: Option<OsString>,
+
+    /// sshd binary used for `sshd -T` [default: sshd in PATH, else /usr/sbin/sshd].
+    #[arg(long, value_name = "PATH")]
+    pub sshd: Option<PathBuf>,
+
+    /// sshd configuration to check [default: /etc/ssh/sshd_config].
+    #[arg(long, value_name = "PATH")]
+    pub sshd_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Show cached answers: age, freshness, key ids, source (all records without USER).
+    Show {
+        #[arg(value_name = "USER")]
+        users: Vec<OsString>,
+    },
+    /// Remove cached answers for USER..., or every record with --all.
+    Purge {
+        #[arg(value_name = "USER", required_unless_present = "all")]
+        users: Vec<OsString>,
+        #[arg(long, conflicts_with = "users")]
+        all: bool,
+    },
+    /// Fetch answers for USER... now unless fresh, so their first login is warm.
+    Warm {
+        #[arg(value_name = "USER", required = true)]
+        users: Vec<OsString>,
     },
 }
 
@@ -142,6 +192,14 @@ pub struct Opts {
     /// max-stale)).
     #[arg(long, global = true)]
     pub key_expiry: bool,
+
+    /// journald socket for audit events and warnings; `none` to skip journald.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub journal_socket: Option<PathBuf>,
+
+    /// syslog socket used when journald is absent; `none` to skip syslog.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub syslog_socket: Option<PathBuf>,
 
     /// Explain each step on stderr (-vv for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

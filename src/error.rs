@@ -34,6 +34,9 @@ pub enum Error {
 
     #[error("cannot write to stdout: {0}")]
     Stdout(std::io::Error),
+
+    #[error("{0} check(s) failed")]
+    Checks(usize),
 }
 
 impl Error {
@@ -51,7 +54,7 @@ impl Error {
             Error::InvalidUser { .. } | Error::NonUtf8User => 2,
             Error::Config(_) | Error::ConfigFile { .. } => 3,
             Error::Iam(_) | Error::Deadline(_) => 4,
-            Error::Io { .. } | Error::Unsafe { .. } | Error::Stdout(_) => 1,
+            Error::Io { .. } | Error::Unsafe { .. } | Error::Stdout(_) | Error::Checks(_) => 1,
         })
     }
 }

@@ -45,8 +45,10 @@ fn check_owner_mode(path: &Path, meta: &Metadata, owner: u32) -> Result<(), Erro
 }
 
 /// The cache directory: a real directory (not a symlink), owned by us, not writable by others. Created
-/// with mode 0700 when missing.
-pub fn prepare_dir(path: &Path) -> Result<(), Error> {
+/// with mode 0700 when missing. Returns its owner: files in it must be owned by the same user. Root may use
+/// a directory owned by another user (the sshd command user's cache, for `cache` tools and sync-users),
+/// trusting that user exactly as sshd's lookups do.
+pub fn prepare_dir(path: &Path) -> Result<u32, Error> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             std::fs::DirBuilder::new()
@@ -60,8 +62,8 @@ pub fn prepare_dir(path: &Path) -> Result<(), Error> {
     check_dir(path)
 }
 
-/// Checks the cache directory without creating it.
-pub fn check_dir(path: &Path) -> Result<(), Error> {
+/// Checks the cache directory without creating it; returns its owner (see [`prepare_dir`]).
+pub fn check_dir(path: &Path) -> Result<u32, Error> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.file_type().is_symlink() {
         return Err(unsafe_path(path, "is a symbolic link"));
@@ -69,7 +71,18 @@ pub fn check_dir(path: &Path) -> Result<(), Error> {
     if !meta.is_dir() {
         return Err(unsafe_path(path, "is not a directory"));
     }
-    check_owner_mode(path, &meta, euid())
+    let me = euid();
+    check_owner_mode(path, &meta, if me == 0 { meta.uid() } else { me })?;
+    Ok(meta.uid())
+}
+
+/// Gives a file we just created to `owner` when we are root writing into another user's directory.
+fn hand_over(file: &File, path: &Path, owner: u32) -> Result<(), Error> {
+    if euid() == 0 && owner != 0 {
+        rustix::fs::fchown(file, Some(rustix::fs::Uid::from_raw(owner)), None)
+            .map_err(|e| Error::io(path, e.into()))?;
+    }
+    Ok(())
 }
 
 fn nofollow_flags() -> i32 {
@@ -139,7 +152,8 @@ static TEMP_SEQ: AtomicU32 = AtomicU32::new(0);
 /// Replaces `path` atomically: a new 0600 file beside it (created exclusively, never through a symlink),
 /// written, fsynced, renamed over `path`, then the directory fsynced. A reader sees the old or the new
 /// content, never a mix; a crash leaves at most a stray `*.tmp` file that is never read.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+/// The file ends up owned by `owner` (see [`prepare_dir`]).
+pub fn write_atomic(path: &Path, bytes: &[u8], owner: u32) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -158,6 +172,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
             .custom_flags(nofollow_flags())
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
+        hand_over(&f, &tmp, owner)?;
         f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
@@ -188,17 +203,27 @@ pub struct Lock {
     pub path: PathBuf,
 }
 
-/// Takes the exclusive lock on `path` (created 0600 if missing), polling until `deadline`. `Ok(None)`
-/// means another process held it the whole time.
-pub fn lock_until(path: &Path, deadline: Instant) -> Result<Option<Lock>, Error> {
+/// Takes the exclusive lock on `path` (created 0600 if missing, owned by `owner`), polling until
+/// `deadline`. `Ok(None)` means another process held it the whole time.
+pub fn lock_until(path: &Path, deadline: Instant, owner: u32) -> Result<Option<Lock>, Error> {
     let mut opts = OpenOptions::new();
     opts.read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600);
-    let (file, _) = open_checked(path, &mut opts, |_| euid())?
-        .ok_or_else(|| Error::io(path, ErrorKind::NotFound.into()))?;
+    // A lock file root just created is root's until handed over; accept that one moment.
+    let (file, meta) = open_checked(path, &mut opts, |m| {
+        if euid() == 0 && m.uid() == 0 {
+            0
+        } else {
+            owner
+        }
+    })?
+    .ok_or_else(|| Error::io(path, ErrorKind::NotFound.into()))?;
+    if meta.uid() != owner {
+        hand_over(&file, path, owner)?;
+    }
     let mut pause = Duration::from_millis(1);
     loop {
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
@@ -235,7 +260,7 @@ mod tests {
     fn reads_own_file_and_refuses_the_rest() {
         let d = tmpdir();
         let p = d.path().join("a.json");
-        write_atomic(&p, b"hello").expect("write");
+        write_atomic(&p, b"hello", euid()).expect("write");
         assert_eq!(
             read_checked(&p, euid()).expect("read").as_deref(),
             Some(&b"hello"[..])
@@ -271,7 +296,7 @@ mod tests {
     fn trusted_files() {
         let d = tmpdir();
         let p = d.path().join("credentials");
-        write_atomic(&p, b"[default]").expect("write");
+        write_atomic(&p, b"[default]", euid()).expect("write");
         check_trusted_file(&p).expect("0600, ours");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o620)).expect("chmod");
         assert!(check_trusted_file(&p).is_err());
@@ -282,7 +307,7 @@ mod tests {
     fn oversized_files_are_refused() {
         let d = tmpdir();
         let p = d.path().join("big.json");
-        write_atomic(&p, &vec![b' '; MAX_READ as usize + 1]).expect("write");
+        write_atomic(&p, &vec![b' '; MAX_READ as usize + 1], euid()).expect("write");
         assert!(read_checked(&p, euid()).is_err());
     }
 
@@ -310,9 +335,11 @@ mod tests {
         let d = tmpdir();
         let p = d.path().join("u.lock");
         let soon = || Instant::now() + Duration::from_millis(30);
-        let held = lock_until(&p, soon()).expect("lock").expect("acquired");
-        assert!(lock_until(&p, soon()).expect("second").is_none());
+        let held = lock_until(&p, soon(), euid())
+            .expect("lock")
+            .expect("acquired");
+        assert!(lock_until(&p, soon(), euid()).expect("second").is_none());
         drop(held);
-        assert!(lock_until(&p, soon()).expect("third").is_some());
+        assert!(lock_until(&p, soon(), euid()).expect("third").is_some());
     }
 }

@@ -18,6 +18,14 @@ use crate::error::Error;
 use crate::keys;
 use crate::username::IamUser;
 
+/// Is this IAM's NoSuchEntity answer? (Each operation has its own error type.)
+macro_rules! no_such_entity {
+    ($e:expr) => {
+        $e.as_service_error()
+            .is_some_and(|s| s.is_no_such_entity_exception())
+    };
+}
+
 /// A list loop that never ends (a marker that keeps coming back) is cut here; IAM allows 5 keys a user.
 const MAX_PAGES: usize = 50;
 
@@ -71,9 +79,16 @@ pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
         .build_https()
 }
 
-/// Builds the IAM client. Credentials come from aws-config's default chain (environment, profile files,
-/// web identity, ECS, IMDSv2), or from the profile file named in our config, since sshd passes no environment.
-pub async fn client(cfg: &Config, budget: Duration) -> Client {
+/// Loads the SDK configuration from our own settings, and the role provider when --assume-role is set.
+/// Credentials come from aws-config's default chain (environment, profile files, web identity, ECS,
+/// IMDSv2), or from the profile file named in our config, since sshd passes no environment.
+async fn sdk_config(
+    cfg: &Config,
+    budget: Duration,
+) -> (
+    aws_config::SdkConfig,
+    Option<aws_credential_types::provider::SharedCredentialsProvider>,
+) {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(budget.min(Duration::from_secs(1)))
         .operation_timeout(budget)
@@ -101,25 +116,87 @@ pub async fn client(cfg: &Config, budget: Duration) -> Client {
         loader = loader.profile_name(name);
     }
     let shared = loader.load().await;
-    let mut builder = aws_sdk_iam::config::Builder::from(&shared);
-    if let Some(role) = &cfg.assume_role {
+    let mut role = None;
+    if let Some(r) = &cfg.assume_role {
         // The host's own credentials sign AssumeRole; the role's credentials live in this process only.
         let mut sts = shared.to_builder();
         if let Some(url) = &cfg.sts_endpoint_url {
             sts.set_endpoint_url(Some(url.clone()));
         }
-        let mut provider = aws_config::sts::AssumeRoleProvider::builder(&role.arn)
+        let mut provider = aws_config::sts::AssumeRoleProvider::builder(&r.arn)
             .session_name("iam-authorized-keys")
             .configure(&sts.build());
-        if let Some(id) = &role.external_id {
+        if let Some(id) = &r.external_id {
             provider = provider.external_id(id);
         }
-        builder = builder.credentials_provider(provider.build().await);
+        role = Some(
+            aws_credential_types::provider::SharedCredentialsProvider::new(provider.build().await),
+        );
+    }
+    (shared, role)
+}
+
+/// Builds the IAM client (see [`sdk_config`]).
+pub async fn client(cfg: &Config, budget: Duration) -> Client {
+    let (shared, role) = sdk_config(cfg, budget).await;
+    let mut builder = aws_sdk_iam::config::Builder::from(&shared);
+    if let Some(p) = role {
+        builder = builder.credentials_provider(p);
     }
     if let Some(url) = &cfg.endpoint_url {
         builder = builder.endpoint_url(url);
     }
     Client::from_conf(builder.build())
+}
+
+/// For `doctor`: which provider in the chain gave credentials and what kind they are (never the secret).
+pub async fn describe_credentials(cfg: &Config, budget: Duration) -> Result<String, String> {
+    use aws_credential_types::provider::ProvideCredentials;
+    let (shared, role) = sdk_config(cfg, budget).await;
+    let provider = role
+        .or_else(|| shared.credentials_provider())
+        .ok_or("no credentials provider is configured")?;
+    let creds = provider.provide_credentials().await.map_err(|e| {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        msg
+    })?;
+    // The provider name is only exposed through Debug.
+    let debug = format!("{creds:?}");
+    let name = debug
+        .split("provider_name: \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("unknown");
+    let id = creds.access_key_id();
+    let kind = match id.get(..4) {
+        Some("ASIA") => "temporary",
+        Some("AKIA") => "long-term",
+        _ => "unrecognised",
+    };
+    Ok(format!(
+        "from {name}: {kind} access key {}...",
+        id.get(..4).unwrap_or(id)
+    ))
+}
+
+/// For `doctor`: IAM answers a list call for a user that does not exist (NoSuchEntity proves reachability
+/// and the ListSSHPublicKeys permission; AccessDenied comes first when the permission is missing).
+pub async fn probe(client: &Client) -> Result<(), String> {
+    match client
+        .list_ssh_public_keys()
+        .user_name("iam-authorized-keys-doctor-probe")
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if no_such_entity!(e) => Ok(()),
+        Err(e) => Err(describe(&e)),
+    }
 }
 
 /// Describes an SDK error in one line: the service's code and message, or the transport failure.
@@ -138,7 +215,14 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
         SdkError::DispatchFailure(e) => {
             let mut msg = "could not reach IAM".to_string();
             if let Some(c) = e.as_connector_error() {
-                msg = format!("{msg}: {c}");
+                let mut src: Option<&(dyn std::error::Error + 'static)> = Some(c);
+                while let Some(s) = src {
+                    let text = s.to_string();
+                    if text != "other" && !msg.ends_with(&text) {
+                        msg = format!("{msg}: {text}");
+                    }
+                    src = s.source();
+                }
             }
             msg
         }
@@ -153,14 +237,6 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
             msg
         }
     }
-}
-
-/// Is this IAM's NoSuchEntity answer? (Each operation has its own error type.)
-macro_rules! no_such_entity {
-    ($e:expr) => {
-        $e.as_service_error()
-            .is_some_and(|s| s.is_no_such_entity_exception())
-    };
 }
 
 /// Every page of ListSSHPublicKeys: the active keys' (id, upload date), or `None` for NoSuchEntity.

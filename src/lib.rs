@@ -5,8 +5,11 @@
 
 pub mod app;
 pub mod cache;
+pub mod cachecmd;
 pub mod cli;
 pub mod config;
+pub mod docs;
+pub mod doctor;
 pub mod error;
 pub mod fsutil;
 pub mod iam;
@@ -31,9 +34,18 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let log = log::Log::new(cli.opts.verbose);
-    match app::run(&cli, &log) {
+    let mut log = log::Log::new(
+        cli.opts.verbose,
+        cli.opts.journal_socket.as_deref(),
+        cli.opts.syslog_socket.as_deref(),
+    );
+    match app::run(&cli, &mut log) {
         Ok(()) => ExitCode::SUCCESS,
+        // A failed lookup was already sent to the system log as its audit event.
+        Err(e @ (error::Error::Iam(_) | error::Error::Deadline(_))) => {
+            log.stderr_only(&e.to_string());
+            e.exit_code()
+        }
         Err(e) => {
             log.error(&e.to_string());
             e.exit_code()

@@ -3,7 +3,7 @@
 # failure, never a skip.
 #   lint:        cargo fmt --check, cargo clippy --all-targets -D warnings
 #   unit:        cargo test --lib (pure logic, aws-smithy-mocks for SDK error shapes)
-#   integration: the real binary against moto through a fault-injecting proxy (cargo test --test moto --test access)
+#   integration: the real binary against moto through a fault-injecting proxy (cargo test --test moto --test access --test ops)
 #   static:      the musl static-pie release binary, run inside an empty chroot against moto
 #   install:     install.sh into sandbox trees (tests/install_test.sh)
 #   e2e:         a private sshd on loopback set up by install.sh; real ssh logins (tests/e2e.sh)
@@ -58,7 +58,7 @@ wait_port "$MOTO_PORT" 30 || fail "moto did not start: $(cat target/moto.log)"
 export IAK_MOTO_URL=http://127.0.0.1:$MOTO_PORT
 
 step "integration (real binary against moto)"
-cargo test --locked --test moto --test access
+cargo test --locked --test moto --test access --test ops
 
 step "static release binary"
 cargo build --locked --release --target "$TARGET"

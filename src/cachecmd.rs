@@ -1,0 +1,245 @@
+//! `cache show|purge|warm`: the cache as an admin sees it, through the same checks as a lookup (a record
+//! that is not trusted is shown as such, never parsed into an answer).
+
+use std::ffi::OsString;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::app::{self, Decided, Judgement};
+use crate::cache::{self, Cache};
+use crate::cli::CacheCommand;
+use crate::config::Config;
+use crate::error::Error;
+use crate::log::Log;
+use crate::output;
+use crate::username::{iam_to_linux, IamUser, LoginName};
+
+fn cache_of(cfg: &Config) -> Result<Cache, Error> {
+    let dir = cfg.cache_dir.as_ref().ok_or_else(|| {
+        Error::Config("the cache tools need a cache directory; drop --no-cache".into())
+    })?;
+    Cache::open_existing(dir)
+}
+
+fn logins(raw: &[OsString], cfg: &Config) -> Result<Vec<LoginName>, Error> {
+    raw.iter()
+        .map(|u| {
+            u.to_str()
+                .ok_or(Error::NonUtf8User)
+                .and_then(|u| LoginName::parse(u, cfg.name_case))
+        })
+        .collect()
+}
+
+pub fn run(cmd: &CacheCommand, cfg: &Config, log: &Log) -> Result<(), Error> {
+    match cmd {
+        CacheCommand::Show { users } => show(users, cfg),
+        CacheCommand::Purge { users, all } => purge(users, *all, cfg),
+        CacheCommand::Warm { users } => warm(users, cfg, log),
+    }
+}
+
+fn show(users: &[OsString], cfg: &Config) -> Result<(), Error> {
+    let cache = cache_of(cfg)?;
+    let targets: Vec<IamUser> = if users.is_empty() {
+        cache.users()?
+    } else {
+        logins(users, cfg)?
+            .into_iter()
+            .map(|l| l.iam_user().clone())
+            .collect()
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let rows: Vec<Value> = targets
+        .iter()
+        .map(|u| {
+            let linux = iam_to_linux(u, cfg.name_case).ok();
+            match cache.read(u) {
+                cache::Read::Absent => json!({"iam_user": u.as_str(), "linux_login": linux, "state": "absent"}),
+                cache::Read::Rejected(why) => json!({
+                    "iam_user": u.as_str(), "linux_login": linux, "state": "untrusted", "reason": why,
+                }),
+                cache::Read::Hit(l) => {
+                    let j = app::judge(
+                        Some((l.record.fetched_at, l.record.is_negative())),
+                        now,
+                        &cfg.freshness,
+                    );
+                    let (state, age) = match j {
+                        Judgement::Fresh { age } => ("fresh", age),
+                        Judgement::Expired { age, servable: true } => ("expired-servable-if-iam-fails", age),
+                        Judgement::Expired { age, .. } => ("too-old", age),
+                        Judgement::Miss => ("future-timestamp", 0),
+                    };
+                    json!({
+                        "iam_user": u.as_str(),
+                        "linux_login": linux,
+                        "state": state,
+                        "age_secs": age,
+                        "fetched_at": l.record.fetched_at,
+                        "source": "iam",
+                        "outcome": l.record.outcome,
+                        "groups": l.record.groups,
+                        "keys": l.keys.iter().map(|k| json!({
+                            "id": k.id,
+                            "algorithm": k.key.algorithm(),
+                            "fingerprint": k.key.fingerprint(),
+                            "uploaded": k.uploaded,
+                        })).collect::<Vec<_>>(),
+                    })
+                }
+            }
+        })
+        .collect();
+    let text = if cfg.json {
+        let mut s = serde_json::to_string_pretty(&json!({
+            "cache_dir": cache.dir(),
+            "records": rows,
+        }))
+        .unwrap_or_else(|_| "{}".into());
+        s.push('\n');
+        s
+    } else {
+        let mut s = format!(
+            "cache {}: {} record(s)\n",
+            cache.dir().display(),
+            rows.len()
+        );
+        for r in &rows {
+            let name = r["iam_user"].as_str().unwrap_or("");
+            let login = r["linux_login"].as_str().unwrap_or("(no Linux name)");
+            match r["state"].as_str().unwrap_or("") {
+                "absent" => s.push_str(&format!("{name} ({login}): no record\n")),
+                "untrusted" => s.push_str(&format!(
+                    "{name} ({login}): UNTRUSTED, ignored and replaced on the next lookup: {}\n",
+                    r["reason"].as_str().unwrap_or("")
+                )),
+                state => {
+                    let keys = r["keys"].as_array().cloned().unwrap_or_default();
+                    s.push_str(&format!(
+                        "{name} ({login}): {state}, age {}s, {} ({} key(s))\n",
+                        r["age_secs"],
+                        r["outcome"].as_str().unwrap_or(""),
+                        keys.len()
+                    ));
+                    for k in keys {
+                        s.push_str(&format!(
+                            "  {} {} {}\n",
+                            k["id"].as_str().unwrap_or(""),
+                            k["algorithm"].as_str().unwrap_or(""),
+                            k["fingerprint"].as_str().unwrap_or("")
+                        ));
+                    }
+                    if let Some(g) = r["groups"].as_array() {
+                        let g: Vec<&str> = g.iter().filter_map(|x| x.as_str()).collect();
+                        s.push_str(&format!("  groups: {}\n", g.join(", ")));
+                    }
+                }
+            }
+        }
+        s
+    };
+    output::emit(&text)
+}
+
+fn purge(users: &[OsString], all: bool, cfg: &Config) -> Result<(), Error> {
+    let cache = cache_of(cfg)?;
+    let targets: Vec<IamUser> = if all {
+        cache.users()?
+    } else {
+        logins(users, cfg)?
+            .into_iter()
+            .map(|l| l.iam_user().clone())
+            .collect()
+    };
+    let mut removed = Vec::new();
+    for u in &targets {
+        // Under the user's lock, so a lookup in flight does not write the record back behind us.
+        let _lock = cache.lock(u, Instant::now() + cfg.timeout)?;
+        if cache.purge(u)? {
+            removed.push(u.as_str().to_string());
+        }
+    }
+    output::emit(&if cfg.json {
+        let mut s = serde_json::to_string_pretty(&json!({"removed": removed}))
+            .unwrap_or_else(|_| "{}".into());
+        s.push('\n');
+        s
+    } else {
+        format!(
+            "removed {} record(s){}{}\n",
+            removed.len(),
+            if removed.is_empty() { "" } else { ": " },
+            removed.join(", ")
+        )
+    })
+}
+
+fn warm(users: &[OsString], cfg: &Config, log: &Log) -> Result<(), Error> {
+    cache_of(cfg)?;
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    for login in logins(users, cfg)? {
+        let started = Instant::now();
+        let row = match app::decide(cfg, &login, started, log) {
+            Ok(Decided::Refused(why)) => json!({
+                "user": login.as_str(), "result": "refused", "reason": why,
+            }),
+            Ok(Decided::Answered(a, decision)) => json!({
+                "user": login.as_str(),
+                "iam_user": login.iam_user().as_str(),
+                "result": "cached",
+                "source": app::source_name(a.source),
+                "keys": a.keys.len(),
+                "iam_calls": a.iam_calls,
+                "decision": decision,
+            }),
+            Err(e) => {
+                failed += 1;
+                log.error(&format!("cache warm {}: {e}", login.as_str()));
+                json!({"user": login.as_str(), "result": "failed", "error": e.to_string()})
+            }
+        };
+        rows.push(row);
+    }
+    output::emit(&if cfg.json {
+        let mut s =
+            serde_json::to_string_pretty(&json!({"warmed": rows})).unwrap_or_else(|_| "{}".into());
+        s.push('\n');
+        s
+    } else {
+        rows.iter()
+            .map(|r| match r["result"].as_str() {
+                Some("cached") => format!(
+                    "{}: {} key(s), from {} ({} IAM call(s))\n",
+                    r["user"].as_str().unwrap_or(""),
+                    r["keys"],
+                    r["source"].as_str().unwrap_or(""),
+                    r["iam_calls"]
+                ),
+                Some("refused") => format!(
+                    "{}: not cached, refused: {}\n",
+                    r["user"].as_str().unwrap_or(""),
+                    r["reason"].as_str().unwrap_or("")
+                ),
+                _ => format!(
+                    "{}: FAILED: {}\n",
+                    r["user"].as_str().unwrap_or(""),
+                    r["error"].as_str().unwrap_or("")
+                ),
+            })
+            .collect()
+    })?;
+    if failed > 0 {
+        Err(Error::Iam(format!(
+            "{failed} of {} user(s) could not be fetched",
+            rows.len()
+        )))
+    } else {
+        Ok(())
+    }
+}
