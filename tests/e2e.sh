@@ -116,6 +116,35 @@ out=$(cd / && runuser -u "$SVC" -- env -i PATH=/usr/bin:/bin HOME=/nonexistent \
 [ "$(echo "$out" | awk '{print $1" "$2}')" = "$(awk '{print $1" "$2}' "$E/alice.pub")" ] || fail "served key differs"
 pass "command exits 0 and prints the key as the AuthorizedKeysCommandUser"
 
+# doctor, as the admin runs it, on this sandbox: all good, then three deliberate faults, each named.
+doctor() { "$E/bin/iam-authorized-keys" doctor --sshd-config "$E/sshd_config" "$@"; }
+doctor $ALICE > "$E/doctor.out" 2>&1 || fail "doctor on a good install: $(cat "$E/doctor.out")"
+sed "s/^/    /" "$E/doctor.out"
+grep -q "^OK   IAM keys: APKA" "$E/doctor.out" && grep -q "^OK   command path" "$E/doctor.out" &&
+    grep -q "^OK   command user: $SVC" "$E/doctor.out" || fail "doctor output: $(cat "$E/doctor.out")"
+! grep -q "^FAIL" "$E/doctor.out" || fail "doctor failed a check: $(cat "$E/doctor.out")"
+chmod o+w "$E/bin"
+if doctor > "$E/doctor.out" 2>&1; then fail "doctor passed a world-writable directory"; fi
+grep -q "^FAIL command path: sshd will refuse .*$E/bin is group- or world-writable" "$E/doctor.out" ||
+    fail "doctor did not name the writable directory: $(cat "$E/doctor.out")"
+chmod o-w "$E/bin"
+chown nobody "$E/cache"
+doctor --json > "$E/doctor.json" 2>/dev/null && fail "doctor passed a cache dir with the wrong owner"
+"$PY" - "$E/doctor.json" "$E/cache" <<'PY' || fail "doctor --json: $(cat "$E/doctor.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+bad = [c for c in d["checks"] if c["status"] == "FAIL"]
+assert not d["ok"] and len(bad) == 1 and bad[0]["check"] == "cache", bad
+assert sys.argv[2] in bad[0]["detail"] and "chown" in bad[0]["fix"], bad
+PY
+chown "$SVC" "$E/cache"
+mv "$E/sshd_config.d/50-iam-authorized-keys.conf" "$E/dropin.away"
+if doctor > "$E/doctor.out" 2>&1; then fail "doctor passed a missing drop-in"; fi
+grep -q "^FAIL drop-in: .*no AuthorizedKeysCommand" "$E/doctor.out" || fail "doctor: $(cat "$E/doctor.out")"
+mv "$E/dropin.away" "$E/sshd_config.d/50-iam-authorized-keys.conf"
+doctor > "$E/doctor.out" 2>&1 || fail "doctor after repairs: $(cat "$E/doctor.out")"
+pass "doctor: clean install passes; world-writable dir, wrong cache owner, missing drop-in each named"
+
 # Access policy through the real sshd: a mapped name, a system account, restrict.
 iam create-user "$MAPPED_IAM"
 iam upload "$MAPPED_IAM" "$E/mapped.pub" >/dev/null

@@ -25,9 +25,14 @@ cat > "$W/want" <<'EOF'
 ./etc/sysusers.d/iam-authorized-keys.conf
 ./etc/tmpfiles.d/iam-authorized-keys.conf
 ./usr/local/bin/iam-authorized-keys
+./usr/local/share/bash-completion/completions/iam-authorized-keys
+./usr/local/share/man/man8/iam-authorized-keys.8
+./usr/local/share/zsh/site-functions/_iam-authorized-keys
 ./var/lib/iam-authorized-keys/iam-authorized-keys.manifest
 EOF
+echo "an image tree after install.sh --root holds:"; sed 's/^/    /' "$W/files"
 diff -u "$W/want" "$W/files" || fail "unexpected files in the image tree"
+grep -q '^\.TH iam-authorized-keys 8' "$T/usr/local/share/man/man8/iam-authorized-keys.8" || fail "man page"
 [ -d "$T/var/cache/iam-authorized-keys" ] && [ -z "$(ls -A "$T/var/cache/iam-authorized-keys")" ] ||
     fail "cache dir missing or not empty"
 [ "$(stat -c %a "$T/var/cache/iam-authorized-keys")" = 700 ] || fail "cache dir mode"
@@ -36,7 +41,7 @@ diff -u "$W/want" "$W/files" || fail "unexpected files in the image tree"
 grep -q "^AuthorizedKeysCommand /usr/local/bin/iam-authorized-keys --uid %U -- %u %f %t$" \
     "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" || fail "drop-in command line"
 grep -q "systemd-sysusers" "$W/log1" || fail "no note about the user being created at boot"
-pass "install into an empty tree writes only binary, drop-in, sysusers/tmpfiles entries and manifest"
+pass "install into an empty tree writes only binary, man page, completions, drop-in, sysusers/tmpfiles entries and manifest"
 
 "$INSTALL" --root "$T" --uninstall 2>/dev/null
 [ -z "$(find "$T" -mindepth 1)" ] || fail "uninstall left: $(find "$T" -mindepth 1)"
@@ -77,6 +82,7 @@ printf 'ID=flatcar\nNAME="Flatcar Container Linux by Kinvolk"\n' > "$T/etc/os-re
 printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
 "$INSTALL" --root "$T" --binary "$BIN" 2>/dev/null || fail "install into a Flatcar tree"
 [ -x "$T/opt/bin/iam-authorized-keys" ] && [ ! -e "$T/usr/local/bin/iam-authorized-keys" ] || fail "not in /opt/bin"
+[ -f "$T/opt/share/man/man8/iam-authorized-keys.8" ] && [ ! -e "$T/usr" ] || fail "Flatcar: docs must stay out of read-only /usr"
 grep -q "^AuthorizedKeysCommand /opt/bin/iam-authorized-keys --uid %U -- %u %f %t$" "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" ||
     fail "Flatcar drop-in does not point at /opt/bin"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null

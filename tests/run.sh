@@ -6,6 +6,7 @@
 #   integration: the real binary against moto through a fault-injecting proxy (cargo test --test moto --test access --test ops)
 #   static:      the musl static-pie release binary, run inside an empty chroot against moto
 #   install:     install.sh into sandbox trees (tests/install_test.sh)
+#   audit:       events read back from a private systemd-journald (tests/audit_test.sh)
 #   e2e:         a private sshd on loopback set up by install.sh; real ssh logins (tests/e2e.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ step() { echo; echo "=== $* ==="; }
 step "prerequisites"
 [ "$(id -u)" = 0 ] || fail "tests/run.sh needs root (apt packages, local users, a private sshd)"
 need_pkgs=()
-for p in openssh-server openssh-client musl-tools python3-venv file openssl curl; do
+for p in openssh-server openssh-client musl-tools python3-venv file openssl curl systemd; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -69,6 +70,9 @@ tests/static_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"
 
 step "install.sh"
 tests/install_test.sh "$BIN"
+
+step "audit log in journald"
+tests/audit_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"
 
 step "end to end through a real sshd"
 tests/e2e.sh "$BIN" "$PROXY" "$IAK_MOTO_URL" "$VENV/bin/python"
