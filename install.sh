@@ -16,6 +16,7 @@ SSHD_CONFIG=/etc/ssh/sshd_config
 SSHD_DIR=/etc/ssh/sshd_config.d
 RELOAD=1
 UNINSTALL=0
+PACKAGE=
 FLAGS=()
 
 usage() {
@@ -37,6 +38,8 @@ Where:
   --sshd-config-dir DIR   drop-in directory (default /etc/ssh/sshd_config.d)
   --no-reload             do not reload sshd (image pipelines)
   --uninstall             remove what a previous run installed
+  --package FILE.tar.gz   instead of installing, write a release tarball (binary, install.sh, drop-in,
+                          README) and FILE.tar.gz.sha256, for image pipelines (see examples/)
   -h, --help              this text
 
 Lookup flags written into the drop-in's AuthorizedKeysCommand line (see iam-authorized-keys --help):
@@ -76,6 +79,7 @@ while [ $# -gt 0 ]; do
         --sshd-config-dir) SSHD_DIR=${2:?}; shift ;;
         --no-reload) RELOAD=0 ;;
         --uninstall) UNINSTALL=1 ;;
+        --package) PACKAGE=${2:?--package needs a file name}; shift ;;
         --key-expiry) FLAGS+=("$1") ;;
         --ttl|--negative-ttl|--max-stale|--timeout|--region|--endpoint-url|--credentials-file|--profile|--config|\
         --allowed-group|--name-case|--min-uid|--allow-user|--deny-user|--assume-role|--external-id|\
@@ -229,6 +233,20 @@ if [ -z "$BINARY" ]; then
 fi
 [ -f "$BINARY" ] && [ -x "$BINARY" ] || die "binary $BINARY not found or not executable"
 "$BINARY" --version >/dev/null || die "$BINARY does not run on this machine"
+
+if [ -n "$PACKAGE" ]; then
+    stage=$(mktemp -d)
+    mkdir -p "$stage/$NAME/sshd_config.d"
+    install -m 0755 "$BINARY" "$stage/$NAME/$NAME"
+    install -m 0755 "$SRC_DIR/install.sh" "$stage/$NAME/install.sh"
+    install -m 0644 "$SRC_DIR/sshd_config.d/50-$NAME.conf" "$stage/$NAME/sshd_config.d/"
+    [ -f "$SRC_DIR/README.md" ] && install -m 0644 "$SRC_DIR/README.md" "$stage/$NAME/"
+    tar -C "$stage" --owner=0 --group=0 --numeric-owner -czf "$PACKAGE" "$NAME"
+    rm -rf "$stage"
+    (cd "$(dirname "$PACKAGE")" && sha256sum "$(basename "$PACKAGE")") > "$PACKAGE.sha256"
+    note "wrote $PACKAGE ($("$BINARY" --version)) and $PACKAGE.sha256"
+    exit 0
+fi
 
 # --- remember what this run creates, for rollback and --uninstall ---------------------------------------
 declare -a CREATED=() NEW_DIRS=() MANIFEST_LINES=()

@@ -6,6 +6,7 @@
 #   integration: the real binary against moto through a fault-injecting proxy (cargo test --test moto --test access --test ops)
 #   static:      the musl static-pie release binary, run inside an empty chroot against moto
 #   install:     install.sh into sandbox trees (tests/install_test.sh)
+#   examples:    examples/ (Image Builder, Packer, cloud-init, Butane) run into image trees
 #   audit:       events read back from a private systemd-journald (tests/audit_test.sh)
 #   e2e:         a private sshd on loopback set up by install.sh; real ssh logins (tests/e2e.sh)
 set -euo pipefail
@@ -70,6 +71,9 @@ tests/static_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"
 
 step "install.sh"
 tests/install_test.sh "$BIN"
+
+step "image-pipeline examples"
+tests/examples_test.sh "$BIN" "$VENV/bin/python"
 
 step "audit log in journald"
 tests/audit_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"

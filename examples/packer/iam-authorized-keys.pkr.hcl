@@ -1,0 +1,32 @@
+# Packer provisioners for an Amazon Linux / Debian / Ubuntu AMI build: copy the release tarball made by
+# `./install.sh --package iam-authorized-keys.tar.gz` and install it. Put these inside your `build` block.
+# Nothing secret or user-specific ends up in the image: the host reads keys from IAM at login.
+
+variable "iak_tarball" {
+  type    = string
+  default = "iam-authorized-keys.tar.gz"
+}
+
+variable "iak_flags" {
+  type    = string
+  default = "--allowed-group ssh-users"
+}
+
+build {
+  sources = ["source.amazon-ebs.base"]
+
+  provisioner "file" {
+    source      = var.iak_tarball
+    destination = "/tmp/iak.tar.gz"
+  }
+
+  provisioner "shell" {
+    environment_vars = ["IAK_FLAGS=${var.iak_flags}"]
+    execute_command  = "sudo -E bash -euo pipefail '{{ .Path }}'"
+    inline = [
+      "tar -C /tmp -xzf /tmp/iak.tar.gz",
+      "/tmp/iam-authorized-keys/install.sh --binary /tmp/iam-authorized-keys/iam-authorized-keys --no-reload $IAK_FLAGS",
+      "rm -rf /tmp/iak.tar.gz /tmp/iam-authorized-keys",
+    ]
+  }
+}
