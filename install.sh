@@ -17,6 +17,8 @@ SSHD_DIR=/etc/ssh/sshd_config.d
 RELOAD=1
 UNINSTALL=0
 PACKAGE=
+WITH_SYNC=0
+SYNC_FLAGS=()
 FLAGS=()
 
 usage() {
@@ -38,6 +40,11 @@ Where:
   --sshd-config-dir DIR   drop-in directory (default /etc/ssh/sshd_config.d)
   --no-reload             do not reload sshd (image pipelines)
   --uninstall             remove what a previous run installed
+  --with-sync             also install and enable the sync-users systemd timer (root only; runs at boot
+                          and every 10 min with a random delay); its flags:
+      --sync-group G  --sudo-group G  --remove-after N  --remove lock|delete  --managed-group NAME
+      --sudoers-file PATH  --sync-state PATH  (groups repeatable; without --sync-group it uses the
+                          --allowed-group values)
   --package FILE.tar.gz   instead of installing, write a release tarball (binary, install.sh, drop-in,
                           README) and FILE.tar.gz.sha256, for image pipelines (see examples/)
   -h, --help              this text
@@ -80,6 +87,16 @@ while [ $# -gt 0 ]; do
         --no-reload) RELOAD=0 ;;
         --uninstall) UNINSTALL=1 ;;
         --package) PACKAGE=${2:?--package needs a file name}; shift ;;
+        --with-sync) WITH_SYNC=1 ;;
+        --sync-group|--sudo-group|--remove-after|--remove|--managed-group|--sudoers-file|--sync-state)
+            [ $# -ge 2 ] || die "$1 needs a value"
+            safe_value "$1" "$2"
+            case $1 in
+                --sync-group) SYNC_FLAGS+=(--group "$2") ;;
+                --sync-state) SYNC_FLAGS+=(--state "$2") ;;
+                *) SYNC_FLAGS+=("$1" "$2") ;;
+            esac
+            shift ;;
         --key-expiry) FLAGS+=("$1") ;;
         --ttl|--negative-ttl|--max-stale|--timeout|--region|--endpoint-url|--credentials-file|--profile|--config|\
         --allowed-group|--name-case|--min-uid|--allow-user|--deny-user|--assume-role|--external-id|\
@@ -377,6 +394,60 @@ elif [ -z "$R" ]; then
     die "$SSHD_CONFIG not found: install openssh-server first"
 else
     note "no $R$SSHD_CONFIG in this tree: make sure the image's sshd_config includes $SSHD_DIR/*.conf"
+fi
+
+# --- sync-users timer (optional) ----------------------------------------------------------------------
+SYNC_UNIT=$SVC_USER-sync   # named after the service user, like the manifest
+if [ $WITH_SYNC = 1 ]; then
+    [ $IS_ROOT = 1 ] || die "--with-sync needs root (the timer runs sync-users as root)"
+    sync_line="$dest sync-users"
+    [ ${#FLAGS[@]} -gt 0 ] && sync_line+=" ${FLAGS[*]}"
+    [ "$CACHE_DIR" != /var/cache/$NAME ] && sync_line+=" --cache-dir $CACHE_DIR"
+    [ ${#SYNC_FLAGS[@]} -gt 0 ] && sync_line+=" ${SYNC_FLAGS[*]}"
+    mkdirs /etc/systemd/system/timers.target.wants
+    for f in "$SYNC_UNIT.service" "$SYNC_UNIT.timer"; do
+        [ -e "$R/etc/systemd/system/$f" ] || CREATED+=("$R/etc/systemd/system/$f")
+    done
+    cat <<UNIT | put "$R/etc/systemd/system/$SYNC_UNIT.service" 644
+[Unit]
+Description=Local accounts for IAM group members (iam-authorized-keys sync-users)
+Documentation=man:iam-authorized-keys(8)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart=$sync_line
+PrivateTmp=yes
+NoNewPrivileges=yes
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+TimeoutStartSec=15min
+UNIT
+    cat <<UNIT | put "$R/etc/systemd/system/$SYNC_UNIT.timer" 644
+[Unit]
+Description=Run iam-authorized-keys sync-users at boot and every 10 minutes
+
+[Timer]
+OnBootSec=1min
+OnUnitActiveSec=10min
+RandomizedDelaySec=2min
+
+[Install]
+WantedBy=timers.target
+UNIT
+    link=/etc/systemd/system/timers.target.wants/$SYNC_UNIT.timer
+    if [ ! -L "$R$link" ]; then
+        CREATED+=("$R$link")
+        ln -sf "/etc/systemd/system/$SYNC_UNIT.timer" "$R$link"
+    fi
+    record file "/etc/systemd/system/$SYNC_UNIT.service"
+    record file "/etc/systemd/system/$SYNC_UNIT.timer"
+    record file "$link"
+    if [ -z "$R" ] && [ -d /run/systemd/system ]; then
+        systemctl daemon-reload && systemctl start "$SYNC_UNIT.timer" ||
+            note "could not start $SYNC_UNIT.timer; it starts at the next boot"
+    fi
 fi
 
 mkdirs "$(dirname "$MANIFEST")"

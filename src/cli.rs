@@ -49,6 +49,9 @@ pub enum Command {
     /// Inspect, purge or prefetch cached answers (with the same permission checks as lookups).
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Create local accounts for the members of IAM groups, prefetch their keys, manage sudo, and remove
+    /// accounts (this tool created) only after repeated, complete answers without them. Run as root.
+    SyncUsers(SyncArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_name = "SHELL")]
@@ -72,6 +75,53 @@ pub struct DoctorArgs {
     /// sshd configuration to check [default: /etc/ssh/sshd_config].
     #[arg(long, value_name = "PATH")]
     pub sshd_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// IAM group whose members get accounts (repeatable) [default: the --allowed-group values].
+    #[arg(long, value_name = "GROUP")]
+    pub group: Vec<String>,
+
+    /// IAM group whose members (with an account from --group) get sudo (repeatable).
+    #[arg(long, value_name = "GROUP")]
+    pub sudo_group: Vec<String>,
+
+    /// Report what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Remove an account after this many consecutive complete syncs without it.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub remove_after: u32,
+
+    /// How to remove: lock (expire the account, keep its home) or delete (userdel --remove).
+    #[arg(long, value_name = "HOW", default_value = "lock", value_parser = ["lock", "delete"])]
+    pub remove: String,
+
+    /// Local group that marks accounts this tool created; only its members are ever changed.
+    #[arg(long, value_name = "NAME", default_value = "iam-authorized-keys-users")]
+    pub managed_group: String,
+
+    /// Login shell of created accounts.
+    #[arg(long, value_name = "PATH", default_value = "/bin/bash")]
+    pub shell: String,
+
+    /// Root-only state file (absence counters), written atomically.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/lib/iam-authorized-keys/sync-state.json"
+    )]
+    pub state: PathBuf,
+
+    /// sudoers drop-in this tool owns; validated with visudo -cf before it is moved into place.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/etc/sudoers.d/iam-authorized-keys"
+    )]
+    pub sudoers_file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -37,6 +37,9 @@ pub enum Error {
 
     #[error("{0} check(s) failed")]
     Checks(usize),
+
+    #[error("sync-users finished with {0} error(s); see above")]
+    Sync(usize),
 }
 
 impl Error {
@@ -54,7 +57,11 @@ impl Error {
             Error::InvalidUser { .. } | Error::NonUtf8User => 2,
             Error::Config(_) | Error::ConfigFile { .. } => 3,
             Error::Iam(_) | Error::Deadline(_) => 4,
-            Error::Io { .. } | Error::Unsafe { .. } | Error::Stdout(_) | Error::Checks(_) => 1,
+            Error::Io { .. }
+            | Error::Unsafe { .. }
+            | Error::Stdout(_)
+            | Error::Checks(_)
+            | Error::Sync(_) => 1,
         })
     }
 }

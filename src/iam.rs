@@ -284,6 +284,34 @@ async fn list_active_keys(
     )))
 }
 
+/// Every page of GetGroup: the member user names, or `None` when the group does not exist.
+pub async fn group_members(client: &Client, group: &str) -> Result<Option<Vec<String>>, Error> {
+    let mut members = Vec::new();
+    let mut marker: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let page = match client
+            .get_group()
+            .group_name(group)
+            .set_marker(marker.take())
+            .send()
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if no_such_entity!(e) => return Ok(None),
+            Err(e) => return Err(Error::Iam(format!("GetGroup {group}: {}", describe(&e)))),
+        };
+        members.extend(page.users().iter().map(|u| u.user_name().to_string()));
+        match next_marker(page.is_truncated(), page.marker()) {
+            Ok(Some(m)) => marker = Some(m),
+            Ok(None) => return Ok(Some(members)),
+            Err(why) => return Err(Error::Iam(format!("GetGroup {group} {why}"))),
+        }
+    }
+    Err(Error::Iam(format!(
+        "GetGroup {group} did not finish within {MAX_PAGES} pages"
+    )))
+}
+
 /// Every page of ListGroupsForUser: the user's group names, or `None` for NoSuchEntity.
 async fn list_groups(
     client: &Client,

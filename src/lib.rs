@@ -18,6 +18,7 @@ pub mod keys;
 pub mod log;
 pub mod output;
 pub mod policy;
+pub mod sync;
 pub mod username;
 
 use std::process::ExitCode;

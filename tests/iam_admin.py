@@ -4,6 +4,9 @@ usage: iam_admin.py ENDPOINT create-user NAME
        iam_admin.py ENDPOINT upload NAME PUBKEY_FILE        (prints the key id)
        iam_admin.py ENDPOINT status NAME KEY_ID Active|Inactive
        iam_admin.py ENDPOINT delete-key NAME KEY_ID
+       iam_admin.py ENDPOINT create-group GROUP
+       iam_admin.py ENDPOINT add-to-group GROUP NAME
+       iam_admin.py ENDPOINT remove-from-group GROUP NAME
 """
 import sys
 
@@ -26,6 +29,12 @@ def main(argv):
             body = f.read()
         out = iam.upload_ssh_public_key(UserName=args[0], SSHPublicKeyBody=body)
         print(out["SSHPublicKey"]["SSHPublicKeyId"])
+    elif cmd == "create-group":
+        iam.create_group(GroupName=args[0])
+    elif cmd == "add-to-group":
+        iam.add_user_to_group(GroupName=args[0], UserName=args[1])
+    elif cmd == "remove-from-group":
+        iam.remove_user_from_group(GroupName=args[0], UserName=args[1])
     elif cmd == "status":
         iam.update_ssh_public_key(UserName=args[0], SSHPublicKeyId=args[1], Status=args[2])
     elif cmd == "delete-key":

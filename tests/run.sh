@@ -9,6 +9,7 @@
 #   examples:    examples/ (Image Builder, Packer, cloud-init, Butane) run into image trees
 #   audit:       events read back from a private systemd-journald (tests/audit_test.sh)
 #   e2e:         a private sshd on loopback set up by install.sh; real ssh logins (tests/e2e.sh)
+#   sync:        sync-users creating, warming, locking real accounts; logins through sshd (tests/sync_test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -21,7 +22,7 @@ step() { echo; echo "=== $* ==="; }
 step "prerequisites"
 [ "$(id -u)" = 0 ] || fail "tests/run.sh needs root (apt packages, local users, a private sshd)"
 need_pkgs=()
-for p in openssh-server openssh-client musl-tools python3-venv file openssl curl systemd; do
+for p in openssh-server openssh-client musl-tools python3-venv file openssl curl systemd sudo; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -80,6 +81,9 @@ tests/audit_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"
 
 step "end to end through a real sshd"
 tests/e2e.sh "$BIN" "$PROXY" "$IAK_MOTO_URL" "$VENV/bin/python"
+
+step "sync-users through a real sshd"
+tests/sync_test.sh "$BIN" "$PROXY" "$IAK_MOTO_URL" "$VENV/bin/python"
 
 echo
 echo "all tiers passed"
