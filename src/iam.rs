@@ -739,4 +739,71 @@ mod tests {
         assert!(why.iter().any(|w| w.starts_with("APKAE: duplicate")));
         assert!(why.iter().any(|w| w.starts_with("bad/id: invalid key id")));
     }
+
+    #[test]
+    fn group_members_follow_pagination_and_missing_group_is_none() {
+        use aws_sdk_iam::operation::get_group::{GetGroupError, GetGroupOutput};
+        use aws_sdk_iam::types::{Group, User};
+        let user = |n: &str| {
+            User::builder()
+                .user_name(n)
+                .path("/")
+                .user_id(format!("ID{n}"))
+                .arn(format!("arn:aws:iam::123456789012:user/{n}"))
+                .create_date(aws_sdk_iam::primitives::DateTime::from_secs(0))
+                .build()
+                .expect("user")
+        };
+        let group = || {
+            Group::builder()
+                .group_name("g")
+                .path("/")
+                .group_id("G")
+                .arn("arn:aws:iam::123456789012:group/g")
+                .create_date(aws_sdk_iam::primitives::DateTime::from_secs(0))
+                .build()
+                .expect("group")
+        };
+        let p1 = mock!(Client::get_group)
+            .match_requests(|r| r.group_name() == Some("g") && r.marker().is_none())
+            .then_output(move || {
+                GetGroupOutput::builder()
+                    .group(group())
+                    .users(user("a"))
+                    .users(user("b"))
+                    .is_truncated(true)
+                    .marker("m")
+                    .build()
+                    .expect("page 1")
+            });
+        let p2 = mock!(Client::get_group)
+            .match_requests(|r| r.marker() == Some("m"))
+            .then_output(move || {
+                GetGroupOutput::builder()
+                    .group(group())
+                    .users(user("c"))
+                    .is_truncated(false)
+                    .build()
+                    .expect("page 2")
+            });
+        let missing = mock!(Client::get_group)
+            .match_requests(|r| r.group_name() == Some("nope"))
+            .then_error(|| {
+                GetGroupError::NoSuchEntityException(NoSuchEntityException::builder().build())
+            });
+        let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&missing, &p1, &p2]);
+        let got = run(group_members(&c, "g")).expect("members");
+        assert_eq!(got, Some(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!(run(group_members(&c, "nope")).expect("answer"), None);
+        let t = mock!(Client::get_group)
+            .sequence()
+            .http_status(400, Some(THROTTLE.to_string()))
+            .repeatedly()
+            .build();
+        let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&t]);
+        assert!(
+            run(group_members(&c, "g")).is_err(),
+            "throttling is an error, never 'no members'"
+        );
+    }
 }

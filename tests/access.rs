@@ -417,6 +417,29 @@ fn shipped_iam_policy_covers_exactly_the_calls_made() {
         used, granted,
         "calls made vs. actions the shipped policies grant"
     );
+
+    // sync-users (dry run: it only reads) needs exactly what sync-users.json grants.
+    c.proxy.clear();
+    let o = Command::new(BIN)
+        .env_clear()
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .args([
+            "sync-users",
+            "--dry-run",
+            "--json",
+            "--group",
+            &g,
+            "--sudo-group",
+            &g,
+        ])
+        .args(["--endpoint-url", &c.proxy.url(), "--no-cache"])
+        .output()
+        .expect("sync-users");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = json(&o);
+    assert_eq!(plan["created"], serde_json::json!([u]), "{plan}");
+    assert_eq!(c.proxy.actions(), policy_actions(&["sync-users.json"]));
     // The identity account's trust policy names the external id condition.
     let trust = std::fs::read_to_string(format!(
         "{}/examples/iam/reader-trust-policy.json",
