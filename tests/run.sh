@@ -9,6 +9,7 @@
 #   examples:    examples/ (Image Builder, Packer, cloud-init, Butane) run into image trees
 #   audit:       events read back from a private systemd-journald (tests/audit_test.sh)
 #   e2e:         a private sshd on loopback set up by install.sh; real ssh logins (tests/e2e.sh)
+#   fuzz:        cargo-fuzz targets for records, names, keys, key options (tests/fuzz.sh, bounded)
 #   sync:        sync-users creating, warming, locking real accounts; logins through sshd (tests/sync_test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +85,9 @@ tests/e2e.sh "$BIN" "$PROXY" "$IAK_MOTO_URL" "$VENV/bin/python"
 
 step "sync-users through a real sshd"
 tests/sync_test.sh "$BIN" "$PROXY" "$IAK_MOTO_URL" "$VENV/bin/python"
+
+step "fuzzing (bounded: FUZZ_SECONDS per target, default 20)"
+tests/fuzz.sh
 
 echo
 echo "all tiers passed"
