@@ -492,3 +492,141 @@ fn credentials_come_from_a_trusted_file_without_environment() {
     assert!(stderr(&o).contains("group- or world-writable"));
     assert!(o.stdout.is_empty());
 }
+
+#[test]
+fn storm_of_200_mixed_invocations_while_records_refresh() {
+    let c = Case::new();
+    let (fresh, kf) = c.user_with_key("stormfresh");
+    let (stale, ks1) = c.user_with_key("stormstale");
+    let cold = unique("stormcold");
+    c.iam.user(&cold);
+    let kc: Vec<String> = (0..3)
+        .map(|i| {
+            let k = keygen(c.dir.path(), &format!("cold{i}"));
+            c.iam.upload(&cold, &k);
+            canonical(&k)
+        })
+        .collect();
+    let ghost = unique("stormghost");
+    assert_eq!(served(&c.run(&fresh, &[]), &fresh).len(), 1);
+    assert_eq!(served(&c.run(&stale, &[]), &stale).len(), 1);
+    // The stale user's record expires (within max-stale) and IAM gains a key: the storm must refresh it.
+    let ks2 = keygen(c.dir.path(), "stale2");
+    c.iam.upload(&stale, &ks2);
+    let path = c.record(&stale);
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    rec["fetched_at"] = (rec["fetched_at"].as_u64().expect("ts") - 400).into();
+    std::fs::write(&path, serde_json::to_vec(&rec).expect("enc")).expect("write");
+    c.proxy.clear();
+    c.proxy.set(Fault {
+        latency_ms: 50,
+        ..Fault::default()
+    });
+
+    let mut want: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
+    want.insert(&fresh, vec![canonical(&kf)]);
+    let mut s = vec![canonical(&ks1), canonical(&ks2)];
+    s.sort();
+    want.insert(&stale, s);
+    let mut cs = kc.clone();
+    cs.sort();
+    want.insert(&cold, cs);
+    want.insert(&ghost, vec![]);
+    let users = [&fresh, &stale, &cold, &ghost];
+    let children: Vec<_> = (0..200)
+        .map(|i| {
+            let u = users[i % 4];
+            let child = command(&c.proxy.url(), &c.cache(), u, &["--timeout", "15s"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            (u, child)
+        })
+        .collect();
+    for (u, child) in children {
+        let o = child.wait_with_output().expect("wait");
+        let mut got = served(&o, u);
+        got.sort();
+        assert_eq!(&got, &want[u.as_str()], "{u}: incomplete or wrong answer");
+        let err = stderr(&o);
+        assert!(
+            !err.contains("ignoring cache record"),
+            "{u} read a partial record: {err}"
+        );
+        assert!(
+            !err.contains("serving cached answer"),
+            "{u} served stale with IAM up: {err}"
+        );
+    }
+    // Single flight: one refresh per user, bodies only for ids not already cached.
+    assert_eq!(c.proxy.calls_for(&fresh), 0);
+    assert_eq!(c.proxy.calls("ListSSHPublicKeys", &stale), 1);
+    assert_eq!(c.proxy.calls("GetSSHPublicKey", &stale), 1);
+    assert_eq!(c.proxy.calls_for(&cold), 1 + 3);
+    assert_eq!(c.proxy.calls_for(&ghost), 1);
+}
+
+#[test]
+fn sigkill_mid_refresh_leaves_no_broken_record_and_no_stuck_lock() {
+    let c = Case::new();
+    let u = unique("sigkill");
+    c.iam.user(&u);
+    let mut want: Vec<String> = (0..2)
+        .map(|i| {
+            let k = keygen(c.dir.path(), &format!("k{i}"));
+            c.iam.upload(&u, &k);
+            canonical(&k)
+        })
+        .collect();
+    want.sort();
+    assert_eq!(served(&c.run(&u, &[]), &u).len(), 2);
+    for i in 0..30u64 {
+        // Vary where the kill lands: before the request, while IAM answers, while the record is written.
+        c.proxy.set(Fault {
+            latency_ms: i % 3 * 5,
+            ..Fault::default()
+        });
+        let mut victim = command(&c.proxy.url(), &c.cache(), &u, &["--ttl", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(i * 7 % 45));
+        let _ = victim.kill(); // SIGKILL
+        let _ = victim.wait();
+
+        // The record is whole: served from cache, never refused as corrupt.
+        let reader = c.run(&u, &[]);
+        let mut got = served(&reader, &u);
+        got.sort();
+        assert_eq!(got, want, "iteration {i}");
+        assert!(
+            !stderr(&reader).contains("ignoring cache record"),
+            "iteration {i}: {}",
+            stderr(&reader)
+        );
+        // The lock died with its holder: a refresh gets it at once and asks IAM itself.
+        let started = Instant::now();
+        let refresh = c.run(&u, &["--ttl", "0", "--timeout", "5s", "--json"]);
+        assert!(
+            refresh.status.success(),
+            "iteration {i}: {}",
+            stderr(&refresh)
+        );
+        assert_eq!(
+            json(&refresh)["source"],
+            "iam",
+            "iteration {i}: lock stuck?"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    // A successful store under the lock cleans up temp files killed writers left.
+    let strays: Vec<_> = std::fs::read_dir(c.cache())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(strays.is_empty(), "{strays:?}");
+}
