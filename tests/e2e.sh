@@ -179,6 +179,39 @@ sleep 4   # past the 3 s TTL
 ! login alice $ALICE || fail "a deactivated key still logged in after the TTL"
 pass "a deactivated key is refused once the TTL has passed"
 
+# Every fault the proxy can inject, through the real sshd: within max-stale the cached answer logs in,
+# beyond it the login is refused; neither waits much past the 2 s deadline; the command never crashes.
+login carol $CAROL || fail "$CAROL could not log in"
+age_record() {  # age_record USER SECONDS: make the cached answer that old (owner and mode kept)
+    "$PY" - "$E/cache/$1.json" "$2" <<'PY'
+import json, sys, time
+p, age = sys.argv[1], int(sys.argv[2])
+r = json.load(open(p))
+r["fetched_at"] = int(time.time()) - age
+with open(p, "r+") as f:
+    f.seek(0); f.truncate(); f.write(json.dumps(r))
+PY
+}
+now_ms() { date +%s%3N; }
+for fault in throttle status=503 hang reset status=200 status=500; do
+    curl -fsS "$IAM_URL/__proxy/set?$fault" >/dev/null
+    age_record $CAROL 3   # expired (TTL 3 s); a hang costs 2 x 2 s, still under max-stale 9 s
+    t0=$(now_ms)
+    login carol $CAROL || fail "fault $fault: no login from the cache within max-stale: $(tail -5 "$E/sshd.log")"
+    t1=$(now_ms)
+    age_record $CAROL 20
+    ! login carol $CAROL 2>/dev/null || fail "fault $fault: logged in with an answer older than max-stale"
+    t2=$(now_ms)
+    [ $((t1 - t0)) -lt 10000 ] && [ $((t2 - t1)) -lt 10000 ] ||
+        fail "fault $fault: login took $((t1 - t0)) ms / refusal $((t2 - t1)) ms (deadline 2 s per lookup)"
+    echo "    $fault: stale login $((t1 - t0)) ms, refusal $((t2 - t1)) ms"
+done
+curl -fsS "$IAM_URL/__proxy/clear" >/dev/null
+! grep -qi "killed by signal\|core dumped" "$E/sshd.log" || fail "the command crashed: $(grep -i signal "$E/sshd.log")"
+grep -q "AuthorizedKeysCommand .* failed, status 4" "$E/sshd.log" || fail "no fail-closed exit status 4 in sshd's log"
+login carol $CAROL || fail "$CAROL could not log in after the faults cleared"
+pass "faults (throttle, 503, hang, reset, malformed 200, 500) through sshd: stale within max-stale, refused beyond, bounded, no crash"
+
 # Emulator stopped: within max-stale the cached answer logs in; past it, nothing does.
 login carol $CAROL || fail "$CAROL could not log in"
 kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; PROXY_PID=
