@@ -11,6 +11,7 @@ pub mod config;
 pub mod docs;
 pub mod doctor;
 pub mod error;
+pub mod fastargs;
 pub mod fsutil;
 pub mod iam;
 pub mod keyopts;
@@ -23,11 +24,9 @@ pub mod username;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// The program: parses arguments, runs, maps the result to the one process exit code.
 pub fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::parse(std::env::args_os().collect()) {
         Ok(c) => c,
         Err(e) => {
             // clap prints --help/--version to stdout, usage errors to stderr; both end here.

@@ -100,3 +100,79 @@ storm=()
 for i in $(seq 1 100); do $IAK bench5 >/dev/null & storm+=($!); done
 wait "${storm[@]}"
 echo "100 concurrent cold invocations (50 ms latency): $(ctl counts | awk '{s+=$3} END {print s}') calls"
+
+# --- full ssh logins through a private sshd: warm IAM lookup vs a plain authorized_keys file ------------
+S=$(mktemp -d /var/lib/iak-bench.XXXXXX); chmod 0755 "$S"
+SSHD_PID=
+cleanup_ssh() {
+    [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null
+    for u in iakbplain iakbiam iakbsvc; do userdel "$u" 2>/dev/null; done
+    rm -rf "$S"
+}
+trap 'cleanup_ssh; kill "${PIDS[@]}" 2>/dev/null; rm -rf "$W"' EXIT
+for u in iakbplain iakbiam; do useradd --no-create-home --home-dir / --shell /bin/sh "$u"; usermod -p '*' "$u"; done
+useradd --system --no-create-home --shell /usr/sbin/nologin iakbsvc
+install -d -m 0755 "$S/bin" "$S/keys"; install -m 0755 "$BIN" "$S/bin/iam-authorized-keys"
+install -d -m 0700 -o iakbsvc "$S/cache"
+install -m 0644 "$W/credentials" "$S/credentials"
+ssh-keygen -q -t ed25519 -N '' -f "$S/hostkey"
+ssh-keygen -q -t ed25519 -N '' -f "$S/userkey"
+install -m 0644 "$S/userkey.pub" "$S/keys/iakbplain"
+iam create-user iakbiam; iam upload iakbiam "$S/userkey.pub" >/dev/null
+SPORT=$(free_port)
+cat > "$S/sshd_config" <<CONF
+Port $SPORT
+ListenAddress 127.0.0.1
+HostKey $S/hostkey
+PidFile $S/sshd.pid
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AuthorizedKeysCommand $S/bin/iam-authorized-keys --endpoint-url http://127.0.0.1:$PPORT --credentials-file $S/credentials --cache-dir $S/cache --ttl 1d --max-stale 1d --uid %U -- %u %f %t
+AuthorizedKeysCommandUser iakbsvc
+AuthorizedKeysFile none
+Match User iakbplain
+    AuthorizedKeysCommand none
+    AuthorizedKeysFile $S/keys/%u
+CONF
+mkdir -p /run/sshd
+/usr/sbin/sshd -f "$S/sshd_config" -E "$S/sshd.log"
+wait_port "$SPORT" || fail "bench sshd"; SSHD_PID=$(cat "$S/sshd.pid")
+SSH="ssh -F /dev/null -i $S/userkey -p $SPORT -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o LogLevel=ERROR"
+ctl clear >/dev/null
+$SSH iakbiam@127.0.0.1 true || fail "bench login iakbiam: $(tail -3 "$S/sshd.log")"
+echo; echo "## IAM calls per login"
+echo "first (cold) login, 1 key: $(ctl counts | awk '{s+=$3} END {print s+0}') calls (sshd runs the command twice; the 2nd is a hit)"
+ctl clear >/dev/null; for i in $(seq 1 20); do $SSH iakbiam@127.0.0.1 true; done
+echo "20 warm logins: $(ctl counts | awk '{s+=$3} END {print s+0}') calls"
+$SSH iakbplain@127.0.0.1 true || fail "bench login iakbplain"
+SSH_RUNS=${SSH_RUNS:-60}
+echo; echo "## full ssh login (key exchange, auth, run true), warm lookup vs authorized_keys file ($SSH_RUNS runs, interleaved)"
+hyperfine -N --warmup 5 --runs "$SSH_RUNS" --export-json "$W/ssh.json" \
+    "$SSH iakbplain@127.0.0.1 true" "$SSH iakbiam@127.0.0.1 true" >/dev/null 2>&1
+python3 - "$W/ssh.json" <<'PY'
+import json, sys, statistics
+r = json.load(open(sys.argv[1]))["results"]
+med = [statistics.median(x["times"]) * 1e3 for x in r]
+for name, x, m in zip(("authorized_keys file", "iam-authorized-keys (warm)"), r, med):
+    t = sorted(x["times"])
+    print(f"{name:28s} median {m:.1f} ms  p95 {t[int(len(t)*0.95)]*1e3:.1f} ms")
+print(f"ratio (median): {med[1]/med[0]:.3f}x  (target <= 1.05x)")
+PY
+
+echo; echo "## fleet model (from the measured calls: 1 per unchanged refresh, 1+k per cold fetch)"
+python3 - <<'PY'
+# Each host refreshes a user at most once per TTL, and only if the user logs in after the record expired.
+# With logins as a Poisson process of rate r per user per second, a record is refreshed at rate
+# r / (1 + r*TTL) (one refresh, then TTL seconds of free hits). Timer jitter (sync-users) and login
+# randomness spread the calls; peak = mean over the TTL window when logins are uniform.
+ttl = 300
+print(f"{'hosts':>7} {'users/host':>10} {'logins/user/h':>14} {'IAM calls/s':>12} {'per login':>10}")
+for hosts in (100, 1000, 10000):
+    for users, per_hour in ((5, 2), (5, 60), (50, 2)):
+        r = per_hour / 3600
+        refresh = r / (1 + r * ttl)
+        calls = hosts * users * refresh
+        logins = hosts * users * r
+        print(f"{hosts:>7} {users:>10} {per_hour:>14} {calls:>12.2f} {calls/logins:>10.3f}")
+PY
