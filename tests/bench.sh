@@ -48,31 +48,32 @@ x86_64-linux-musl-gcc -O2 -static-pie -o "$W/noop" "$W/noop.c"
 
 mkdir -m 700 "$W/cache"
 IAK="$BIN --endpoint-url http://127.0.0.1:$PPORT --credentials-file $W/credentials --cache-dir $W/cache --uid 5000"
-$IAK bench5 >/dev/null
+$IAK -- bench5 >/dev/null; $IAK -- bench1 >/dev/null
 echo "## machine"; echo "$(nproc) cores, $(uname -r), $(date -u +%F)"
 echo "binary: $(stat -c %s "$BIN") bytes"
 
 echo; echo "## warm hit vs static no-op ($RUNS runs)"
-hyperfine -N --warmup 50 --runs "$RUNS" --export-json "$W/warm.json" "$W/noop" "$IAK bench5" >/dev/null 2>&1
+hyperfine -N --warmup 50 --runs "$RUNS" --export-json "$W/warm.json" "$W/noop" "$IAK -- bench1" "$IAK -- bench5" >/dev/null 2>&1
 python3 - "$W/warm.json" <<'EOF'
 import json, sys, statistics
 for r in json.load(open(sys.argv[1]))["results"]:
     t = sorted(r["times"])
-    print(f"{r['command'].split()[0].rsplit('/',1)[-1]:24s} median {statistics.median(t)*1e3:.3f} ms"
+    name = r['command'].split()[0].rsplit('/',1)[-1] + ' ' + (r['command'].split()[-1] if ' ' in r['command'] else '')
+    print(f"{name:32s} median {statistics.median(t)*1e3:.3f} ms"
           f"  p95 {t[int(len(t)*0.95)]*1e3:.3f} ms  mean {r['mean']*1e3:.3f} ms")
 EOF
 
 rss() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -1; }
 echo; echo "## peak RSS (KiB)"
 echo "noop:  $(rss "$W/noop")"
-echo "warm:  $(rss $IAK bench5)"
-echo "cold:  $(rss $IAK --no-cache bench5)"
+echo "warm:  $(rss $IAK -- bench5)"
+echo "cold:  $(rss $IAK --no-cache -- bench5)"
 
 for lat in 0 50; do
     ctl "set?latency_ms=$lat" >/dev/null
     echo; echo "## cold lookup, ${lat} ms injected per IAM request (30 runs each)"
     hyperfine -N --warmup 2 --runs 30 --export-json "$W/cold.json" \
-        "$IAK --no-cache bench1" "$IAK --no-cache bench5" >/dev/null 2>&1
+        "$IAK --no-cache -- bench1" "$IAK --no-cache -- bench5" >/dev/null 2>&1
     python3 - "$W/cold.json" <<'EOF'
 import json, sys, statistics
 for r in json.load(open(sys.argv[1]))["results"]:
@@ -82,22 +83,22 @@ done
 ctl "set?latency_ms=0" >/dev/null
 
 echo; echo "## CPU time of our own process (perf stat task-clock, 20 runs)"
-for args in "bench5" "--no-cache bench5"; do
+for args in "-- bench5" "--no-cache -- bench5"; do
     tc=$(perf stat -r 20 -x, -e task-clock $IAK $args 2>&1 >/dev/null | awk -F, '/task-clock/ {print $1}')
     echo "$args: ${tc} ms"
 done
 
 echo; echo "## IAM calls"
 ctl clear >/dev/null; rm -f "$W/cache"/*
-$IAK bench5 >/dev/null; echo "cold fetch, 5 keys: $(ctl counts | awk '{s+=$3} END {print s}') calls"
-ctl clear >/dev/null; $IAK --ttl 0 bench5 >/dev/null
+$IAK -- bench5 >/dev/null; echo "cold fetch, 5 keys: $(ctl counts | awk '{s+=$3} END {print s}') calls"
+ctl clear >/dev/null; $IAK --ttl 0 -- bench5 >/dev/null
 echo "refresh, ids unchanged: $(ctl counts | awk '{s+=$3} END {print s}') calls"
-ctl clear >/dev/null; for i in $(seq 1 100); do $IAK bench5 >/dev/null; done
+ctl clear >/dev/null; for i in $(seq 1 100); do $IAK -- bench5 >/dev/null; done
 echo "100 warm logins: $(ctl counts | awk '{s+=$3} END {print s+0}') calls"
 ctl clear >/dev/null; rm -f "$W/cache"/*
 ctl "set?latency_ms=50" >/dev/null
 storm=()
-for i in $(seq 1 100); do $IAK bench5 >/dev/null & storm+=($!); done
+for i in $(seq 1 100); do $IAK -- bench5 >/dev/null & storm+=($!); done
 wait "${storm[@]}"
 echo "100 concurrent cold invocations (50 ms latency): $(ctl counts | awk '{s+=$3} END {print s}') calls"
 
