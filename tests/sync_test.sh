@@ -159,4 +159,13 @@ sync_users --json > "$E/r4.json" || fail "sync 4: $(cat "$E/r4.json")"
 [ "$(field "$E/r4.json" 'd["reactivated"]')" = "['$S2']" ] || fail "not reactivated: $(cat "$E/r4.json")"
 login "$S2" || fail "reactivated $S2 cannot log in"
 pass "sudo follows the IAM sudo group; an account back in IAM is reactivated and logs in"
+
+iam remove-from-group "$GROUP" "$S2"
+sync_users --remove delete --remove-after 1 --json > "$E/r5.json" 2>/dev/null ||
+    fail "sync with --remove delete: $(cat "$E/r5.json")"
+[ "$(field "$E/r5.json" '[(r["user"], r["how"]) for r in d["removed"]]')" = "[('$S2', 'delete')]" ] ||
+    fail "not deleted: $(cat "$E/r5.json")"
+! getent passwd "$S2" >/dev/null && [ ! -e "/home/$S2" ] || fail "--remove delete left the account or its home"
+getent passwd "$S1" "$S3" "$S4" >/dev/null || fail "--remove delete touched another account"
+pass "--remove delete removes the account and its home, and nothing else"
 echo "sync: ${PASSED} passed, 0 failed"
