@@ -496,6 +496,11 @@ pub fn lookup(
             }
             cache::Read::Hit(l) => Some(l),
             cache::Read::Absent => None,
+            // A record of another format version is an upgrade, not an anomaly.
+            cache::Read::Rejected(why) if why.contains("has format version") => {
+                log.info(&format!("replacing cache record {why}"));
+                None
+            }
             cache::Read::Rejected(why) => {
                 log.warn(&format!("ignoring cache record {why}; it will be replaced"));
                 None

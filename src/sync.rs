@@ -303,6 +303,9 @@ pub fn run(args: &SyncArgs, cfg: &Config, log: &Log) -> Result<(), Error> {
                     continue;
                 }
                 let comment = comment_of(iam_user);
+                // New UIDs start at --min-uid when that is above the system's default (1000), so the
+                // key command never treats an account this tool made as a system account.
+                let uid_min = format!("UID_MIN={}", cfg.accounts.min_uid.max(1000));
                 let made = run_tool(
                     "useradd",
                     &[
@@ -314,6 +317,8 @@ pub fn run(args: &SyncArgs, cfg: &Config, log: &Log) -> Result<(), Error> {
                         &args.managed_group,
                         "--comment",
                         &comment,
+                        "-K",
+                        &uid_min,
                         "--",
                         linux,
                     ],
