@@ -239,77 +239,108 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
     }
 }
 
+/// One page of a paginated IAM list: its items, and whether (and where) it continues.
+struct Page<T> {
+    items: Vec<T>,
+    truncated: bool,
+    marker: Option<String>,
+}
+
+/// Follows Marker/IsTruncated until the last page, at most [`MAX_PAGES`]. `fetch(marker)` sends one
+/// request and gives `Ok(None)` for NoSuchEntity. Each request is counted in `calls`.
+async fn all_pages<T, F, Fut>(
+    what: &str,
+    calls: &mut u32,
+    mut fetch: F,
+) -> Result<Option<Vec<T>>, Error>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Page<T>>, Error>>,
+{
+    let mut out = Vec::new();
+    let mut marker: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        *calls += 1;
+        let Some(page) = fetch(marker.take()).await? else {
+            return Ok(None);
+        };
+        out.extend(page.items);
+        match next_marker(page.truncated, page.marker.as_deref()) {
+            Ok(Some(m)) => marker = Some(m),
+            Ok(None) => return Ok(Some(out)),
+            Err(why) => return Err(Error::Iam(format!("{what} {why}"))),
+        }
+    }
+    Err(Error::Iam(format!(
+        "{what} did not finish within {MAX_PAGES} pages"
+    )))
+}
+
 /// Every page of ListSSHPublicKeys: the active keys' (id, upload date), or `None` for NoSuchEntity.
 async fn list_active_keys(
     client: &Client,
     user: &IamUser,
     calls: &mut u32,
 ) -> Result<Option<Vec<(String, Option<String>)>>, Error> {
-    let mut active = Vec::new();
-    let mut marker: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        *calls += 1;
-        let page = match client
+    let what = format!("ListSSHPublicKeys for {user}");
+    all_pages(&what, calls, |marker| async move {
+        match client
             .list_ssh_public_keys()
             .user_name(user.as_str())
-            .set_marker(marker.take())
+            .set_marker(marker)
             .send()
             .await
         {
-            Ok(p) => p,
-            Err(e) if no_such_entity!(e) => return Ok(None),
-            Err(e) => {
-                return Err(Error::Iam(format!(
-                    "ListSSHPublicKeys for {user}: {}",
-                    describe(&e)
-                )))
-            }
-        };
-        for meta in page.ssh_public_keys() {
-            if meta.status() == &StatusType::Active {
-                active.push((
-                    meta.ssh_public_key_id().to_string(),
-                    Some(meta.upload_date().to_string()),
-                ));
-            }
+            Ok(p) => Ok(Some(Page {
+                items: p
+                    .ssh_public_keys()
+                    .iter()
+                    .filter(|m| m.status() == &StatusType::Active)
+                    .map(|m| {
+                        (
+                            m.ssh_public_key_id().to_string(),
+                            Some(m.upload_date().to_string()),
+                        )
+                    })
+                    .collect(),
+                truncated: p.is_truncated(),
+                marker: p.marker().map(str::to_string),
+            })),
+            Err(e) if no_such_entity!(e) => Ok(None),
+            Err(e) => Err(Error::Iam(format!(
+                "ListSSHPublicKeys for {user}: {}",
+                describe(&e)
+            ))),
         }
-        match next_marker(page.is_truncated(), page.marker()) {
-            Ok(Some(m)) => marker = Some(m),
-            Ok(None) => return Ok(Some(active)),
-            Err(why) => return Err(Error::Iam(format!("ListSSHPublicKeys for {user} {why}"))),
-        }
-    }
-    Err(Error::Iam(format!(
-        "ListSSHPublicKeys for {user} did not finish within {MAX_PAGES} pages"
-    )))
+    })
+    .await
 }
 
 /// Every page of GetGroup: the member user names, or `None` when the group does not exist.
 pub async fn group_members(client: &Client, group: &str) -> Result<Option<Vec<String>>, Error> {
-    let mut members = Vec::new();
-    let mut marker: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        let page = match client
+    let what = format!("GetGroup {group}");
+    all_pages(&what, &mut 0, |marker| async move {
+        match client
             .get_group()
             .group_name(group)
-            .set_marker(marker.take())
+            .set_marker(marker)
             .send()
             .await
         {
-            Ok(p) => p,
-            Err(e) if no_such_entity!(e) => return Ok(None),
-            Err(e) => return Err(Error::Iam(format!("GetGroup {group}: {}", describe(&e)))),
-        };
-        members.extend(page.users().iter().map(|u| u.user_name().to_string()));
-        match next_marker(page.is_truncated(), page.marker()) {
-            Ok(Some(m)) => marker = Some(m),
-            Ok(None) => return Ok(Some(members)),
-            Err(why) => return Err(Error::Iam(format!("GetGroup {group} {why}"))),
+            Ok(p) => Ok(Some(Page {
+                items: p
+                    .users()
+                    .iter()
+                    .map(|u| u.user_name().to_string())
+                    .collect(),
+                truncated: p.is_truncated(),
+                marker: p.marker().map(str::to_string),
+            })),
+            Err(e) if no_such_entity!(e) => Ok(None),
+            Err(e) => Err(Error::Iam(format!("GetGroup {group}: {}", describe(&e)))),
         }
-    }
-    Err(Error::Iam(format!(
-        "GetGroup {group} did not finish within {MAX_PAGES} pages"
-    )))
+    })
+    .await
 }
 
 /// Every page of ListGroupsForUser: the user's group names, or `None` for NoSuchEntity.
@@ -318,40 +349,34 @@ async fn list_groups(
     user: &IamUser,
     calls: &mut u32,
 ) -> Result<Option<Vec<String>>, Error> {
-    let mut groups = Vec::new();
-    let mut marker: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        *calls += 1;
-        let page = match client
+    let what = format!("ListGroupsForUser for {user}");
+    all_pages(&what, calls, |marker| async move {
+        match client
             .list_groups_for_user()
             .user_name(user.as_str())
-            .set_marker(marker.take())
+            .set_marker(marker)
             .send()
             .await
         {
-            Ok(p) => p,
-            Err(e) if no_such_entity!(e) => return Ok(None),
-            Err(e) => {
-                return Err(Error::Iam(format!(
-                    "ListGroupsForUser for {user}: {}",
-                    describe(&e)
-                )))
-            }
-        };
-        for g in page.groups() {
-            if crate::cache::valid_group(g.group_name()) {
-                groups.push(g.group_name().to_string());
-            }
+            Ok(p) => Ok(Some(Page {
+                items: p
+                    .groups()
+                    .iter()
+                    .map(|g| g.group_name())
+                    .filter(|g| crate::cache::valid_group(g))
+                    .map(str::to_string)
+                    .collect(),
+                truncated: p.is_truncated(),
+                marker: p.marker().map(str::to_string),
+            })),
+            Err(e) if no_such_entity!(e) => Ok(None),
+            Err(e) => Err(Error::Iam(format!(
+                "ListGroupsForUser for {user}: {}",
+                describe(&e)
+            ))),
         }
-        match next_marker(page.is_truncated(), page.marker()) {
-            Ok(Some(m)) => marker = Some(m),
-            Ok(None) => return Ok(Some(groups)),
-            Err(why) => return Err(Error::Iam(format!("ListGroupsForUser for {user} {why}"))),
-        }
-    }
-    Err(Error::Iam(format!(
-        "ListGroupsForUser for {user} did not finish within {MAX_PAGES} pages"
-    )))
+    })
+    .await
 }
 
 fn next_marker(truncated: bool, marker: Option<&str>) -> Result<Option<String>, &'static str> {
