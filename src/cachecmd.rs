@@ -32,6 +32,22 @@ fn logins(raw: &[OsString], cfg: &Config) -> Result<Vec<LoginName>, Error> {
         .collect()
 }
 
+/// The IAM users a command is about: every record in the cache when `all`, else the named logins.
+fn targets(
+    cache: &Cache,
+    users: &[OsString],
+    all: bool,
+    cfg: &Config,
+) -> Result<Vec<IamUser>, Error> {
+    if all {
+        return cache.users();
+    }
+    Ok(logins(users, cfg)?
+        .into_iter()
+        .map(|l| l.iam_user().clone())
+        .collect())
+}
+
 pub fn run(cmd: &CacheCommand, cfg: &Config, log: &Log) -> Result<(), Error> {
     match cmd {
         CacheCommand::Show { users } => show(users, cfg),
@@ -42,14 +58,7 @@ pub fn run(cmd: &CacheCommand, cfg: &Config, log: &Log) -> Result<(), Error> {
 
 fn show(users: &[OsString], cfg: &Config) -> Result<(), Error> {
     let cache = cache_of(cfg)?;
-    let targets: Vec<IamUser> = if users.is_empty() {
-        cache.users()?
-    } else {
-        logins(users, cfg)?
-            .into_iter()
-            .map(|l| l.iam_user().clone())
-            .collect()
-    };
+    let targets = targets(&cache, users, users.is_empty(), cfg)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -148,14 +157,7 @@ fn show(users: &[OsString], cfg: &Config) -> Result<(), Error> {
 
 fn purge(users: &[OsString], all: bool, cfg: &Config) -> Result<(), Error> {
     let cache = cache_of(cfg)?;
-    let targets: Vec<IamUser> = if all {
-        cache.users()?
-    } else {
-        logins(users, cfg)?
-            .into_iter()
-            .map(|l| l.iam_user().clone())
-            .collect()
-    };
+    let targets = targets(&cache, users, all, cfg)?;
     let mut removed = Vec::new();
     for u in &targets {
         // Under the user's lock, so a lookup in flight does not write the record back behind us.
