@@ -370,16 +370,7 @@ fn unsafe_cache_directory_is_not_used() {
 #[test]
 fn concurrent_cold_invocations_are_single_flight() {
     let c = Case::new();
-    let u = unique("storm");
-    c.iam.user(&u);
-    let mut want: Vec<String> = (0..3)
-        .map(|i| {
-            let k = keygen(c.dir.path(), &format!("k{i}"));
-            c.iam.upload(&u, &k);
-            canonical(&k)
-        })
-        .collect();
-    want.sort();
+    let (u, want) = c.user_with_keys("storm", 3);
     // Latency makes the race real: every process starts while the first is still fetching.
     c.proxy.set(Fault {
         latency_ms: 100,
@@ -498,15 +489,7 @@ fn storm_of_200_mixed_invocations_while_records_refresh() {
     let c = Case::new();
     let (fresh, kf) = c.user_with_key("stormfresh");
     let (stale, ks1) = c.user_with_key("stormstale");
-    let cold = unique("stormcold");
-    c.iam.user(&cold);
-    let kc: Vec<String> = (0..3)
-        .map(|i| {
-            let k = keygen(c.dir.path(), &format!("cold{i}"));
-            c.iam.upload(&cold, &k);
-            canonical(&k)
-        })
-        .collect();
+    let (cold, kc) = c.user_with_keys("stormcold", 3);
     let ghost = unique("stormghost");
     assert_eq!(served(&c.run(&fresh, &[]), &fresh).len(), 1);
     assert_eq!(served(&c.run(&stale, &[]), &stale).len(), 1);
@@ -529,9 +512,7 @@ fn storm_of_200_mixed_invocations_while_records_refresh() {
     let mut s = vec![canonical(&ks1), canonical(&ks2)];
     s.sort();
     want.insert(&stale, s);
-    let mut cs = kc.clone();
-    cs.sort();
-    want.insert(&cold, cs);
+    want.insert(&cold, kc.clone());
     want.insert(&ghost, vec![]);
     let users = [&fresh, &stale, &cold, &ghost];
     let children: Vec<_> = (0..200)
@@ -571,16 +552,7 @@ fn storm_of_200_mixed_invocations_while_records_refresh() {
 #[test]
 fn sigkill_mid_refresh_leaves_no_broken_record_and_no_stuck_lock() {
     let c = Case::new();
-    let u = unique("sigkill");
-    c.iam.user(&u);
-    let mut want: Vec<String> = (0..2)
-        .map(|i| {
-            let k = keygen(c.dir.path(), &format!("k{i}"));
-            c.iam.upload(&u, &k);
-            canonical(&k)
-        })
-        .collect();
-    want.sort();
+    let (u, want) = c.user_with_keys("sigkill", 2);
     assert_eq!(served(&c.run(&u, &[]), &u).len(), 2);
     for i in 0..30u64 {
         // Vary where the kill lands: before the request, while IAM answers, while the record is written.

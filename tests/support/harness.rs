@@ -223,6 +223,21 @@ impl Case {
         (u, k)
     }
 
+    /// A new IAM user with `n` uploaded keys; returns the name and the keys as served (`canonical`), sorted.
+    pub fn user_with_keys(&self, prefix: &str, n: usize) -> (String, Vec<String>) {
+        let u = unique(prefix);
+        self.iam.user(&u);
+        let mut keys: Vec<String> = (0..n)
+            .map(|i| {
+                let k = keygen(self.dir.path(), &format!("{u}-k{i}"));
+                self.iam.upload(&u, &k);
+                canonical(&k)
+            })
+            .collect();
+        keys.sort();
+        (u, keys)
+    }
+
     pub fn cache(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
