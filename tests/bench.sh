@@ -35,7 +35,7 @@ wait_port "$MPORT" 30 || fail "moto"
 "$PROXY" "127.0.0.1:$PPORT" "127.0.0.1:$MPORT" 2>/dev/null & PIDS+=($!)
 wait_port "$PPORT" || fail "proxy"
 ctl() { python3 -c "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1]).read().decode(), end='')" "http://127.0.0.1:$PPORT/__proxy/$1"; }
-printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$W/credentials"
+test_credentials "$W/credentials"
 chmod 600 "$W/credentials"
 iam() { "$VENV/bin/python" tests/iam_admin.py "http://127.0.0.1:$MPORT" "$@"; }
 for u in bench1 bench5; do iam create-user $u; done

@@ -40,31 +40,14 @@ trap cleanup EXIT
 
 # --- IAM behind a proxy we can kill ("emulator stopped") ------------------------------------------------
 PPORT=$(free_port)
-start_proxy() {
-    "$PROXY_BIN" "127.0.0.1:$PPORT" "${MOTO_URL#http://}" 2>>"$E/proxy.log" &
-    PROXY_PID=$!
-    wait_port "$PPORT" || fail "fault proxy did not start"
-}
 start_proxy
 IAM_URL=http://127.0.0.1:$PPORT
 iam() { "$PY" "$HERE/iam_admin.py" "$MOTO_URL" "$@"; }
 
 # --- sshd of our own ----------------------------------------------------------------------------------
 PORT=$(free_port)
-ssh-keygen -q -t ed25519 -N '' -f "$E/hostkey"
-cat > "$E/sshd_config" <<EOF
-Port $PORT
-ListenAddress 127.0.0.1
-HostKey $E/hostkey
-PidFile $E/sshd.pid
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-AllowUsers ${USERS[*]}
-LogLevel VERBOSE
-EOF
-printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$E/credentials"
+private_sshd_config "$PORT" "${USERS[@]}"
+test_credentials "$E/credentials"
 chmod 0644 "$E/credentials"
 # Root-owned config file: key options are read from it on every lookup (quotes cannot go in sshd_config).
 : > "$E/iak.conf"
@@ -99,11 +82,7 @@ ALICE_KEY=$(iam upload $ALICE "$E/alice.pub")
 iam create-user $CAROL
 iam upload $CAROL "$E/carol.pub" >/dev/null
 
-login() {  # login KEY USER -> exit status of a real ssh login running `true`
-    ssh -F /dev/null -i "$E/$1" -p "$PORT" -o BatchMode=yes -o StrictHostKeyChecking=no \
-        -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o ConnectTimeout=10 -o LogLevel=ERROR \
-        "$2@127.0.0.1" true
-}
+login() { ssh_login "$E/$1" "$2"; }  # login KEY USER
 
 login alice $ALICE || fail "$ALICE with her active IAM key could not log in: $(tail -5 "$E/sshd.log")"
 grep -q "Accepted publickey for $ALICE" "$E/sshd.log" || fail "sshd did not log the accepted key"

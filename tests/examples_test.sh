@@ -36,16 +36,7 @@ URL=http://127.0.0.1:$PORT
 check_tree() {  # check_tree TREE WHAT: exactly install.sh's files, nothing user-specific
     local t=$1
     (cd "$t" && find . -mindepth 1 \( -type f -o -type l \) | sort) > "$W/files"
-    cat > "$W/want" <<'LIST'
-./etc/ssh/sshd_config.d/50-iam-authorized-keys.conf
-./etc/sysusers.d/iam-authorized-keys.conf
-./etc/tmpfiles.d/iam-authorized-keys.conf
-./usr/local/bin/iam-authorized-keys
-./usr/local/share/bash-completion/completions/iam-authorized-keys
-./usr/local/share/man/man8/iam-authorized-keys.8
-./usr/local/share/zsh/site-functions/_iam-authorized-keys
-./var/lib/iam-authorized-keys/iam-authorized-keys.manifest
-LIST
+    image_files > "$W/want"
     diff -u "$W/want" "$W/files" || fail "$2: unexpected files in the image"
     ! find "$t" -name 'authorized_keys*' -o -name '*.json' -o -name 'credentials' -o -name '*.lock' | grep -q . ||
         fail "$2: keys, records or credentials in the image"

@@ -20,16 +20,7 @@ snapshot() {  # every path with type, mode, owner, size, content hash; with a 2n
 T=$W/empty; mkdir "$T"
 "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log1" || fail "install into empty tree: $(cat "$W/log1")"
 (cd "$T" && find . -mindepth 1 \( -type f -o -type l \) | sort) > "$W/files"
-cat > "$W/want" <<'EOF'
-./etc/ssh/sshd_config.d/50-iam-authorized-keys.conf
-./etc/sysusers.d/iam-authorized-keys.conf
-./etc/tmpfiles.d/iam-authorized-keys.conf
-./usr/local/bin/iam-authorized-keys
-./usr/local/share/bash-completion/completions/iam-authorized-keys
-./usr/local/share/man/man8/iam-authorized-keys.8
-./usr/local/share/zsh/site-functions/_iam-authorized-keys
-./var/lib/iam-authorized-keys/iam-authorized-keys.manifest
-EOF
+image_files > "$W/want"
 echo "an image tree after install.sh --root holds:"; sed 's/^/    /' "$W/files"
 diff -u "$W/want" "$W/files" || fail "unexpected files in the image tree"
 grep -q '^\.TH iam-authorized-keys 8' "$T/usr/local/share/man/man8/iam-authorized-keys.8" || fail "man page"

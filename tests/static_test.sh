@@ -32,7 +32,7 @@ want=$(awk '{print $1" "$2}' "$W/key.pub")
 C=$W/chroot; mkdir -p "$C"
 CHROOT=$(command -v chroot) || fail "chroot not found"
 install -m 0755 "$BIN" "$C/iam-authorized-keys"
-printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$C/credentials"
+test_credentials "$C/credentials"
 chmod 0600 "$C/credentials"
 in_chroot() {
     env -i "$CHROOT" "$C" /iam-authorized-keys --no-cache --timeout 3s --uid 5000 --credentials-file /credentials "$@" -- "$U"

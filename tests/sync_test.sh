@@ -37,27 +37,12 @@ trap cleanup EXIT
 iam() { "$PY" "$HERE/iam_admin.py" "$MOTO_URL" "$@"; }
 
 PPORT=$(free_port)
-start_proxy() {
-    "$PROXY_BIN" "127.0.0.1:$PPORT" "${MOTO_URL#http://}" 2>>"$E/proxy.log" &
-    PROXY_PID=$!
-    wait_port "$PPORT" || fail "fault proxy did not start"
-}
 start_proxy
 IAM_URL=http://127.0.0.1:$PPORT
 
 PORT=$(free_port)
-ssh-keygen -q -t ed25519 -N '' -f "$E/hostkey"
-cat > "$E/sshd_config" <<CONF
-Port $PORT
-ListenAddress 127.0.0.1
-HostKey $E/hostkey
-PidFile $E/sshd.pid
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AllowUsers $S1 $S2 $S3
-CONF
-printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$E/credentials"
+private_sshd_config "$PORT" "$S1" "$S2" "$S3"
+test_credentials "$E/credentials"
 "$HERE/../install.sh" --binary "$BIN" --bindir "$E/bin" --user "$SVC" --cache-dir "$E/cache" \
     --sshd-config "$E/sshd_config" --sshd-config-dir "$E/sshd_config.d" --no-reload \
     --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" --timeout 3 \
@@ -86,10 +71,7 @@ groupadd --system "$MARK"
 useradd --system --no-create-home --shell /usr/sbin/nologin -G "$MARK" "$S4"
 iam create-user "$S4"; iam add-to-group "$GROUP" "$S4"   # IAM says S4 is a member; S4 is a system account
 snap() { sha256sum /etc/passwd /etc/group /etc/shadow; }
-login() {
-    ssh -F /dev/null -i "$E/$1" -p "$PORT" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-        -o IdentitiesOnly=yes -o ConnectTimeout=10 -o LogLevel=ERROR "$1@127.0.0.1" true
-}
+login() { ssh_login "$E/$1" "$1"; }  # login USER (key file named after the user)
 field() { "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$@"; }
 
 # --- dry run ------------------------------------------------------------------------------------------
