@@ -545,7 +545,12 @@ fn storm_of_200_mixed_invocations_while_records_refresh() {
     assert_eq!(c.proxy.calls_for(&fresh), 0);
     assert_eq!(c.proxy.calls("ListSSHPublicKeys", &stale), 1);
     assert_eq!(c.proxy.calls("GetSSHPublicKey", &stale), 1);
-    assert_eq!(c.proxy.calls_for(&cold), 1 + 3);
+    assert_eq!(
+        c.proxy.calls_for(&cold),
+        1 + 3,
+        "(plus {} SDK retries)",
+        c.proxy.retries_for(&cold)
+    );
     assert_eq!(c.proxy.calls_for(&ghost), 1);
 }
 

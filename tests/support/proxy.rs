@@ -33,6 +33,8 @@ struct State {
     signed: Vec<(String, String, String)>,
     in_flight: u32,
     max_in_flight: u32,
+    /// SDK retries (requests with `amz-sdk-request: attempt=N`, N > 1), per (action, user).
+    retries: BTreeMap<(String, String), u64>,
 }
 
 /// Decrements the in-flight count when a request is done, however it ends.
@@ -85,7 +87,18 @@ impl Proxy {
         s.fault = Fault::default();
         s.counts.clear();
         s.signed.clear();
+        s.retries.clear();
         s.max_in_flight = 0;
+    }
+
+    /// SDK retries seen for `user` (not included in [`Proxy::calls_for`]).
+    pub fn retries_for(&self, user: &str) -> u64 {
+        self.lock()
+            .retries
+            .iter()
+            .filter(|((_, u), _)| u == user)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Every `service:Action` seen (e.g. `iam:ListSSHPublicKeys`, `sts:AssumeRole`).
@@ -112,7 +125,8 @@ impl Proxy {
         self.lock().max_in_flight
     }
 
-    /// Requests seen for `user` (all actions), faults included.
+    /// Calls seen for `user` (all actions), faults included: an SDK retry of a call is not another call
+    /// (it carries `amz-sdk-request: attempt=N`, N > 1) and is counted in [`Proxy::retries_for`].
     pub fn calls_for(&self, user: &str) -> u64 {
         self.lock()
             .counts
@@ -199,9 +213,24 @@ impl Proxy {
                 )
             })
             .unwrap_or_default();
+        let attempt: u32 = head
+            .lines()
+            .find_map(|l| {
+                let lower = l.to_ascii_lowercase();
+                let v = lower.strip_prefix("amz-sdk-request:")?;
+                v.split(';')
+                    .find_map(|p| p.trim().strip_prefix("attempt=").map(str::to_string))
+            })
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or(1);
         let fault = {
             let mut s = self.lock();
-            *s.counts.entry((action.clone(), user)).or_default() += 1;
+            let tally = if attempt > 1 {
+                &mut s.retries
+            } else {
+                &mut s.counts
+            };
+            *tally.entry((action.clone(), user)).or_default() += 1;
             s.signed.push((service, action.clone(), key_id));
             s.in_flight += 1;
             s.max_in_flight = s.max_in_flight.max(s.in_flight);
