@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::log::{Log, Priority};
 use crate::policy::{self, Verdict};
 use crate::username::{sanitize, LoginName};
-use crate::{fsutil, iam, keyopts, output};
+use crate::{iam, keyopts, output};
 
 /// How far in the future a record's timestamp may lie (clock steps) before the record is distrusted.
 const MAX_CLOCK_SKEW_SECS: u64 = 5;
@@ -195,14 +195,9 @@ fn env() -> Env {
 }
 
 /// Entry point after argument parsing.
-pub fn run(cli: &Cli, log: &mut Log) -> Result<(), Error> {
+pub fn run(cli: &Cli, log: &Log) -> Result<(), Error> {
     let started = Instant::now();
     let cfg = Config::build(&cli.opts, &env())?;
-    if let Some(dir) = &cfg.cache_dir {
-        if fsutil::check_dir(dir).is_ok() {
-            log.set_marks_dir(dir);
-        }
-    }
     match &cli.command {
         Some(Command::Map { names }) => return map_names(names, &cfg),
         Some(Command::Doctor(args)) => return crate::doctor::run(args, &cfg, log),
@@ -477,7 +472,10 @@ pub fn lookup(
     let cache = match &cfg.cache_dir {
         None => None,
         Some(dir) => match Cache::open(dir) {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                log.set_marks_dir(c.dir(), c.owner());
+                Some(c)
+            }
             Err(e) => {
                 log.warn_limited(
                     "cache-unusable",

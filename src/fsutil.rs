@@ -49,17 +49,16 @@ fn check_owner_mode(path: &Path, meta: &Metadata, owner: u32) -> Result<(), Erro
 /// a directory owned by another user (the sshd command user's cache, for `cache` tools and sync-users),
 /// trusting that user exactly as sshd's lookups do.
 pub fn prepare_dir(path: &Path) -> Result<u32, Error> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == ErrorKind::NotFound => {
+    match check_dir(path) {
+        Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
             std::fs::DirBuilder::new()
                 .mode(0o700)
                 .create(path)
                 .map_err(|e| Error::io(path, e))?;
+            check_dir(path)
         }
-        Err(e) => return Err(Error::io(path, e)),
-        Ok(_) => {}
+        checked => checked,
     }
-    check_dir(path)
 }
 
 /// Checks the cache directory without creating it; returns its owner (see [`prepare_dir`]).

@@ -34,12 +34,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let mut log = log::Log::new(
+    let log = log::Log::new(
         cli.opts.verbose,
         cli.opts.journal_socket.as_deref(),
         cli.opts.syslog_socket.as_deref(),
     );
-    match app::run(&cli, &mut log) {
+    match app::run(&cli, &log) {
         Ok(()) => ExitCode::SUCCESS,
         // A failed lookup was already sent to the system log as its audit event.
         Err(e @ (error::Error::Iam(_) | error::Error::Deadline(_))) => {

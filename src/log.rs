@@ -24,13 +24,13 @@ pub enum Priority {
     Info = 6,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Log {
     verbose: u8,
     journal: Option<PathBuf>,
     syslog: Option<PathBuf>,
-    /// Where rate-limit marks live (the cache directory), once known.
-    marks: Option<PathBuf>,
+    /// Where rate-limit marks live (the checked cache directory and its owner), once a lookup opened it.
+    marks: std::sync::OnceLock<(PathBuf, u32)>,
 }
 
 impl Log {
@@ -45,13 +45,14 @@ impl Log {
             verbose,
             journal: pick(journal, JOURNAL_SOCKET),
             syslog: pick(syslog, SYSLOG_SOCKET),
-            marks: None,
+            marks: std::sync::OnceLock::new(),
         }
     }
 
-    /// Enables rate limiting with marks kept in `dir` (the checked cache directory).
-    pub fn set_marks_dir(&mut self, dir: &Path) {
-        self.marks = Some(dir.to_path_buf());
+    /// Enables rate limiting with marks kept in `dir` (a checked cache directory owned by `owner`). The
+    /// first directory set stays: one process uses one cache.
+    pub fn set_marks_dir(&self, dir: &Path, owner: u32) {
+        let _ = self.marks.set((dir.to_path_buf(), owner));
     }
 
     pub fn verbose(&self) -> u8 {
@@ -111,7 +112,7 @@ impl Log {
     /// True when no mark for (kind, subject) is younger than the interval; then it renews the mark.
     /// Without a marks directory (no usable cache) nothing is limited.
     fn may_send(&self, kind: &str, subject: &str) -> bool {
-        let Some(dir) = &self.marks else {
+        let Some((dir, owner)) = self.marks.get() else {
             return true;
         };
         let mark = dir.join(format!(
@@ -129,7 +130,7 @@ impl Log {
             }
         }
         // Best effort; O_NOFOLLOW through fsutil's writer (empty content, 0600).
-        let _ = crate::fsutil::write_atomic(&mark, b"", crate::fsutil::euid());
+        let _ = crate::fsutil::write_atomic(&mark, b"", *owner);
         true
     }
 
@@ -226,13 +227,13 @@ mod tests {
         rx.set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");
         // No journal socket at that path: falls back to syslog.
-        let mut log = Log::new(0, Some(&d.path().join("nojournal")), Some(&syslog));
+        let log = Log::new(0, Some(&d.path().join("nojournal")), Some(&syslog));
         log.event(Priority::Info, "hello", &[("IAK_USER", "bob")]);
         let mut buf = [0u8; 512];
         let n = rx.recv(&mut buf).expect("syslog got it");
         assert!(String::from_utf8_lossy(&buf[..n]).contains("hello [IAK_USER=bob]"));
         // Rate limit: the second warning of a kind within the interval stays off the log.
-        log.set_marks_dir(d.path());
+        log.set_marks_dir(d.path(), crate::fsutil::euid());
         log.warn_limited("stale", "bob", "first");
         log.warn_limited("stale", "bob", "second");
         log.warn_limited("stale", "carol", "third");
