@@ -45,6 +45,20 @@ pub struct Answer {
     pub group_verdict: Option<Verdict>,
 }
 
+impl Answer {
+    /// What the answer amounts to: `keys`, `no_active_keys`, `no_such_iam_user` or `refused` (the group
+    /// rule), as `--json` names it.
+    pub fn result(&self) -> &'static str {
+        match self.outcome {
+            _ if matches!(self.group_verdict, Some(Verdict::Refused(_))) => "refused",
+            Outcome::NotInAllowedGroup => "refused",
+            Outcome::NoSuchUser => "no_such_iam_user",
+            Outcome::Keys if self.keys.is_empty() => "no_active_keys",
+            Outcome::Keys => "keys",
+        }
+    }
+}
+
 /// The state of a cached record at `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Judgement {
@@ -326,12 +340,10 @@ fn audit(
                     .find(|k| &k.key.fingerprint() == fp)
                     .map(|k| k.id.clone())
             });
-            let result = match a.outcome {
-                _ if matches!(a.group_verdict, Some(Verdict::Refused(_))) => "refused",
-                Outcome::NotInAllowedGroup => "refused",
-                Outcome::NoSuchUser => "no_such_iam_user",
-                Outcome::Keys if a.keys.is_empty() => "no_active_keys",
-                Outcome::Keys => "served",
+            // The audit log's word for an answer with keys is "served".
+            let result = match a.result() {
+                "keys" => "served",
+                other => other,
             };
             f.extend([
                 ("IAK_RESULT", result.to_string()),
@@ -398,17 +410,15 @@ fn map_names(names: &[std::ffi::OsString], cfg: &Config) -> Result<(), Error> {
     let mut all_ok = true;
     for raw in names {
         let name = raw.to_string_lossy();
+        let reason = |e: Error| match e {
+            Error::InvalidUser { reason, .. } => reason,
+            other => other.to_string(),
+        };
         let as_linux = crate::username::linux_to_iam(&name, cfg.name_case)
             .map(|u| u.as_str().to_string())
-            .map_err(|e| match e {
-                Error::InvalidUser { reason, .. } => reason,
-                other => other.to_string(),
-            });
+            .map_err(reason);
         let as_iam = crate::username::IamUser::parse(&name)
-            .map_err(|e| match e {
-                Error::InvalidUser { reason, .. } => reason,
-                other => other.to_string(),
-            })
+            .map_err(reason)
             .and_then(|u| crate::username::iam_to_linux(&u, cfg.name_case));
         all_ok &= as_linux.is_ok() || as_iam.is_ok();
         rows.push((sanitize(&name), as_linux, as_iam));

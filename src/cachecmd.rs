@@ -181,31 +181,40 @@ fn purge(users: &[OsString], all: bool, cfg: &Config) -> Result<(), Error> {
     })
 }
 
+/// Fetches `login`'s answer into the cache unless fresh, through the same path as a login (account rules
+/// included); the report row says `cached`, `refused` or `failed`. Also sync-users' prefetch.
+pub fn warm_one(cfg: &Config, login: &LoginName, log: &Log) -> Value {
+    match app::decide(cfg, login, Instant::now(), log) {
+        Ok(Decided::Refused(why)) => json!({
+            "user": login.as_str(), "result": "refused", "reason": why,
+        }),
+        Ok(Decided::Answered(a, decision)) => json!({
+            "user": login.as_str(),
+            "iam_user": login.iam_user().as_str(),
+            "result": "cached",
+            "source": app::source_name(a.source),
+            "keys": a.keys.len(),
+            "iam_calls": a.iam_calls,
+            "decision": decision,
+        }),
+        Err(e) => json!({"user": login.as_str(), "result": "failed", "error": e.to_string()}),
+    }
+}
+
 fn warm(users: &[OsString], cfg: &Config, log: &Log) -> Result<(), Error> {
     cache_of(cfg)?;
     let mut rows = Vec::new();
     let mut failed = 0;
     for login in logins(users, cfg)? {
-        let started = Instant::now();
-        let row = match app::decide(cfg, &login, started, log) {
-            Ok(Decided::Refused(why)) => json!({
-                "user": login.as_str(), "result": "refused", "reason": why,
-            }),
-            Ok(Decided::Answered(a, decision)) => json!({
-                "user": login.as_str(),
-                "iam_user": login.iam_user().as_str(),
-                "result": "cached",
-                "source": app::source_name(a.source),
-                "keys": a.keys.len(),
-                "iam_calls": a.iam_calls,
-                "decision": decision,
-            }),
-            Err(e) => {
-                failed += 1;
-                log.error(&format!("cache warm {}: {e}", login.as_str()));
-                json!({"user": login.as_str(), "result": "failed", "error": e.to_string()})
-            }
-        };
+        let row = warm_one(cfg, &login, log);
+        if row["result"] == "failed" {
+            failed += 1;
+            log.error(&format!(
+                "cache warm {}: {}",
+                login.as_str(),
+                row["error"].as_str().unwrap_or("")
+            ));
+        }
         rows.push(row);
     }
     output::emit(&if cfg.json {

@@ -5,8 +5,7 @@ use std::io::{ErrorKind, Write};
 
 use serde_json::json;
 
-use crate::app::{Answer, Source};
-use crate::cache::Outcome;
+use crate::app::Answer;
 use crate::error::Error;
 use crate::username::LoginName;
 
@@ -112,18 +111,8 @@ pub fn render_json(
     let v = json!({
         "user": login.as_str(),
         "iam_user": login.iam_user().as_str(),
-        "result": match answer.outcome {
-            _ if matches!(answer.group_verdict, Some(crate::policy::Verdict::Refused(_))) => "refused",
-            Outcome::NotInAllowedGroup => "refused",
-            Outcome::Keys if answer.keys.is_empty() => "no_active_keys",
-            Outcome::Keys => "keys",
-            Outcome::NoSuchUser => "no_such_iam_user",
-        },
-        "source": match answer.source {
-            Source::Cache => "cache",
-            Source::Iam => "iam",
-            Source::Stale => "stale",
-        },
+        "result": answer.result(),
+        "source": crate::app::source_name(answer.source),
         "age_secs": answer.age_secs,
         "iam_calls": answer.iam_calls,
         "decision": decision,

@@ -8,12 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::app::{self, Decided};
+use crate::app;
 use crate::cli::SyncArgs;
 use crate::config::Config;
 use crate::error::Error;
@@ -503,13 +503,7 @@ fn prefetch(cfg: &Config, linux: &str, log: &Log) -> serde_json::Value {
         Ok(l) => l,
         Err(e) => return json!({"user": linux, "result": "failed", "error": e.to_string()}),
     };
-    match app::decide(cfg, &login, Instant::now(), log) {
-        Ok(Decided::Answered(a, _)) => json!({
-            "user": linux, "result": "cached", "keys": a.keys.len(), "source": app::source_name(a.source),
-        }),
-        Ok(Decided::Refused(why)) => json!({"user": linux, "result": "refused", "reason": why}),
-        Err(e) => json!({"user": linux, "result": "failed", "error": e.to_string()}),
-    }
+    crate::cachecmd::warm_one(cfg, &login, log)
 }
 
 fn render(v: &serde_json::Value) -> String {
