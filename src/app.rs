@@ -549,9 +549,9 @@ pub fn lookup(
             // Another process may have refreshed the record since we read it.
             cached = read(c);
             judgement = judge_loaded(cached.as_ref(), unix_now(), &cfg.freshness);
-            match (&cached, judgement) {
+            match (cached.take(), judgement) {
                 (Some(l), Judgement::Fresh { age }) => {
-                    return Ok(from_cache(l.clone(), Source::Cache, age))
+                    return Ok(from_cache(l, Source::Cache, age))
                 }
                 // The process we waited for did not refresh the record: IAM just failed for it.
                 // Serve what we may instead of asking again and amplifying the failure.
@@ -569,9 +569,9 @@ pub fn lookup(
                             "serving cached answer for {user} aged {age}s: the lookup we waited for did not refresh it"
                         ),
                     );
-                    return Ok(from_cache(l.clone(), Source::Stale, age));
+                    return Ok(from_cache(l, Source::Stale, age));
                 }
-                _ => {}
+                (l, _) => cached = l,
             }
             Some(lock)
         }
