@@ -150,12 +150,10 @@ fn sshd_effective(
 /// (uid, shell) of `name` in /etc/passwd.
 fn passwd_entry(name: &str) -> Option<(u32, String)> {
     let text = std::fs::read_to_string(policy::PASSWD).ok()?;
-    text.lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 7 && f[0] == name).then(|| (f[2].parse().ok(), f[6].to_string()))
-        })
-        .and_then(|(uid, shell)| uid.map(|u| (u, shell)))
+    let entry = policy::passwd_entries(&text)
+        .find(|e| e.name == name)
+        .map(|e| (e.uid, e.shell.to_string()));
+    entry
 }
 
 /// The password field of `name` in /etc/shadow (root only).

@@ -84,12 +84,29 @@ pub fn passwd_uid(path: &Path, login: &str) -> Result<Option<u32>, String> {
 }
 
 fn uid_in(passwd: &str, login: &str) -> Option<u32> {
-    passwd.lines().find_map(|line| {
-        let mut f = line.split(':');
-        if f.next()? != login {
-            return None;
-        }
-        f.nth(1)?.parse().ok()
+    passwd_entries(passwd)
+        .find(|e| e.name == login)
+        .map(|e| e.uid)
+}
+
+/// One line of a passwd file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry<'a> {
+    pub name: &'a str,
+    pub uid: u32,
+    pub shell: &'a str,
+}
+
+/// The entries of a passwd file's text: `name:password:uid:gid:gecos:home:shell`; lines without a
+/// numeric UID are skipped. The one passwd parser (lookups, doctor, sync-users).
+pub fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+    text.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        Some(PasswdEntry {
+            name: f.first()?,
+            uid: f.get(2)?.parse().ok()?,
+            shell: f.get(6).copied().unwrap_or(""),
+        })
     })
 }
 

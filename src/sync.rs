@@ -74,7 +74,8 @@ struct Account {
 }
 
 fn accounts() -> Result<BTreeMap<String, Account>, Error> {
-    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| Error::io("/etc/passwd", e))?;
+    let passwd = std::fs::read_to_string(crate::policy::PASSWD)
+        .map_err(|e| Error::io(crate::policy::PASSWD, e))?;
     let shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
     let expired: BTreeSet<&str> = shadow
         .lines()
@@ -83,18 +84,15 @@ fn accounts() -> Result<BTreeMap<String, Account>, Error> {
             (f.len() > 7 && f[7] == "1").then_some(f[0])
         })
         .collect();
-    Ok(passwd
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            let uid = f.get(2)?.parse().ok()?;
-            Some((
-                f[0].to_string(),
+    Ok(crate::policy::passwd_entries(&passwd)
+        .map(|e| {
+            (
+                e.name.to_string(),
                 Account {
-                    uid,
-                    locked: expired.contains(f[0]),
+                    uid: e.uid,
+                    locked: expired.contains(e.name),
                 },
-            ))
+            )
         })
         .collect())
 }
