@@ -51,10 +51,13 @@ fn check_owner_mode(path: &Path, meta: &Metadata, owner: u32) -> Result<(), Erro
 pub fn prepare_dir(path: &Path) -> Result<u32, Error> {
     match check_dir(path) {
         Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(path)
-                .map_err(|e| Error::io(path, e))?;
+            match std::fs::DirBuilder::new().mode(0o700).create(path) {
+                // Another process (a concurrent first lookup) made it between our check and mkdir:
+                // fine, it gets the same checks as any existing directory.
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
             check_dir(path)
         }
         checked => checked,
@@ -253,6 +256,32 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
         d
+    }
+
+    #[test]
+    fn concurrent_first_lookups_all_get_the_new_directory() {
+        // Many processes may find the cache directory missing at once; the ones that lose the mkdir race
+        // must use the directory the winner made, not fall back to "no cache" (and no single flight).
+        for _ in 0..20 {
+            let d = tmpdir();
+            let dir = d.path().join("cache");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
+            let results: Vec<_> = (0..16)
+                .map(|_| {
+                    let (dir, barrier) = (dir.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        prepare_dir(&dir)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().expect("thread"))
+                .collect();
+            for r in results {
+                assert_eq!(r.expect("prepare_dir"), euid());
+            }
+        }
     }
 
     #[test]

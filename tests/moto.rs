@@ -391,6 +391,8 @@ fn concurrent_cold_invocations_are_single_flight() {
         let mut got = served(&o, &u);
         got.sort();
         assert_eq!(got, want);
+        // Losing the race to create the cache directory must not mean "no cache" (and no single flight).
+        assert!(!stderr(&o).contains("cache not used"), "{}", stderr(&o));
         match &first {
             None => first = Some(o.stdout.clone()),
             Some(f) => assert_eq!(&o.stdout, f, "outputs differ"),
