@@ -158,11 +158,11 @@ fn passwd_entry(name: &str) -> Option<(u32, String)> {
 
 /// The password field of `name` in /etc/shadow (root only).
 fn shadow_field(name: &str) -> Result<Option<String>, String> {
-    let text = std::fs::read_to_string("/etc/shadow").map_err(|e| format!("/etc/shadow: {e}"))?;
-    Ok(text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next() == Some(name)).then(|| f.next().unwrap_or("").to_string())
-    }))
+    let text = policy::read_shadow().map_err(|e| e.to_string())?;
+    let password = policy::shadow_entries(&text)
+        .find(|e| e.name == name)
+        .map(|e| e.password.to_string());
+    Ok(password)
 }
 
 /// Parses sshd's AuthorizedKeysCommand line with our own option parser, as sshd would run it for `user`.

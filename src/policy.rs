@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::error::Error;
 use crate::fsutil;
 
 /// The local account rules.
@@ -108,6 +109,38 @@ pub fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
             shell: f.get(6).copied().unwrap_or(""),
         })
     })
+}
+
+pub const SHADOW: &str = "/etc/shadow";
+
+/// One line of /etc/shadow, as far as doctor and sync-users read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowEntry<'a> {
+    pub name: &'a str,
+    /// The password field (`!` or `*` prefixes mean locked).
+    pub password: &'a str,
+    /// The account expiry date field (days since the epoch; empty when none).
+    pub expire: &'a str,
+}
+
+/// The entries of a shadow file's text: `name:password:lastchg:min:max:warn:inactive:expire:reserved`.
+pub fn shadow_entries(text: &str) -> impl Iterator<Item = ShadowEntry<'_>> {
+    text.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        Some(ShadowEntry {
+            name: f.first().filter(|n| !n.is_empty())?,
+            password: f.get(1).copied().unwrap_or(""),
+            expire: f.get(7).copied().unwrap_or(""),
+        })
+    })
+}
+
+/// /etc/shadow's text (root only); a system without the file has no shadow entries.
+pub fn read_shadow() -> Result<String, Error> {
+    match std::fs::read_to_string(SHADOW) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        r => r.map_err(|e| Error::io(SHADOW, e)),
+    }
 }
 
 /// The group rule on IAM's answer: `None` when no group is required, else whether `member_of` (the user's
@@ -243,5 +276,35 @@ mod tests {
             check_groups(&s(&["ops"]), &[]),
             Some(Verdict::Refused(t)) if t.ends_with("member of: none")
         ));
+    }
+
+    #[test]
+    fn shadow_lines_give_password_and_expiry() {
+        let text = "root:*:19000:0:99999:7:::\n\
+                    gone:!$6$x:19000:0:99999:7::1:\n\
+                    short:!\n\
+                    \n\
+                    :x:1:::::9:\n";
+        let got: Vec<_> = shadow_entries(text).collect();
+        assert_eq!(
+            got,
+            vec![
+                ShadowEntry {
+                    name: "root",
+                    password: "*",
+                    expire: ""
+                },
+                ShadowEntry {
+                    name: "gone",
+                    password: "!$6$x",
+                    expire: "1"
+                },
+                ShadowEntry {
+                    name: "short",
+                    password: "!",
+                    expire: ""
+                },
+            ]
+        );
     }
 }

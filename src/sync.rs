@@ -76,13 +76,11 @@ struct Account {
 fn accounts() -> Result<BTreeMap<String, Account>, Error> {
     let passwd = std::fs::read_to_string(crate::policy::PASSWD)
         .map_err(|e| Error::io(crate::policy::PASSWD, e))?;
-    let shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
-    let expired: BTreeSet<&str> = shadow
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 7 && f[7] == "1").then_some(f[0])
-        })
+    // Unreadable shadow is an error: guessing "not locked" would unlock or re-lock the wrong accounts.
+    let shadow = crate::policy::read_shadow()?;
+    let expired: BTreeSet<&str> = crate::policy::shadow_entries(&shadow)
+        .filter(|e| e.expire == "1")
+        .map(|e| e.name)
         .collect();
     Ok(crate::policy::passwd_entries(&passwd)
         .map(|e| {
