@@ -247,7 +247,8 @@ struct Page<T> {
 }
 
 /// Follows Marker/IsTruncated until the last page, at most [`MAX_PAGES`]. `fetch(marker)` sends one
-/// request and gives `Ok(None)` for NoSuchEntity. Each request is counted in `calls`.
+/// request and gives `Ok(None)` for NoSuchEntity, `Err` with the described SDK error otherwise (reported
+/// as `{what}: {error}`). Each request is counted in `calls`.
 async fn all_pages<T, F, Fut>(
     what: &str,
     calls: &mut u32,
@@ -255,13 +256,16 @@ async fn all_pages<T, F, Fut>(
 ) -> Result<Option<Vec<T>>, Error>
 where
     F: FnMut(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<Option<Page<T>>, Error>>,
+    Fut: std::future::Future<Output = Result<Option<Page<T>>, String>>,
 {
     let mut out = Vec::new();
     let mut marker: Option<String> = None;
     for _ in 0..MAX_PAGES {
         *calls += 1;
-        let Some(page) = fetch(marker.take()).await? else {
+        let Some(page) = fetch(marker.take())
+            .await
+            .map_err(|e| Error::Iam(format!("{what}: {e}")))?
+        else {
             return Ok(None);
         };
         out.extend(page.items);
@@ -307,10 +311,7 @@ async fn list_active_keys(
                 marker: p.marker().map(str::to_string),
             })),
             Err(e) if no_such_entity!(e) => Ok(None),
-            Err(e) => Err(Error::Iam(format!(
-                "ListSSHPublicKeys for {user}: {}",
-                describe(&e)
-            ))),
+            Err(e) => Err(describe(&e)),
         }
     })
     .await
@@ -337,7 +338,7 @@ pub async fn group_members(client: &Client, group: &str) -> Result<Option<Vec<St
                 marker: p.marker().map(str::to_string),
             })),
             Err(e) if no_such_entity!(e) => Ok(None),
-            Err(e) => Err(Error::Iam(format!("GetGroup {group}: {}", describe(&e)))),
+            Err(e) => Err(describe(&e)),
         }
     })
     .await
@@ -370,10 +371,7 @@ async fn list_groups(
                 marker: p.marker().map(str::to_string),
             })),
             Err(e) if no_such_entity!(e) => Ok(None),
-            Err(e) => Err(Error::Iam(format!(
-                "ListGroupsForUser for {user}: {}",
-                describe(&e)
-            ))),
+            Err(e) => Err(describe(&e)),
         }
     })
     .await
