@@ -37,6 +37,15 @@ struct State {
     retries: BTreeMap<(String, String), u64>,
 }
 
+/// The total over every action of one user's tally.
+fn sum_for(tally: &BTreeMap<(String, String), u64>, user: &str) -> u64 {
+    tally
+        .iter()
+        .filter(|((_, u), _)| u == user)
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// Decrements the in-flight count when a request is done, however it ends.
 struct InFlight<'a>(&'a Proxy);
 
@@ -93,12 +102,7 @@ impl Proxy {
 
     /// SDK retries seen for `user` (not included in [`Proxy::calls_for`]).
     pub fn retries_for(&self, user: &str) -> u64 {
-        self.lock()
-            .retries
-            .iter()
-            .filter(|((_, u), _)| u == user)
-            .map(|(_, n)| n)
-            .sum()
+        sum_for(&self.lock().retries, user)
     }
 
     /// Every `service:Action` seen (e.g. `iam:ListSSHPublicKeys`, `sts:AssumeRole`).
@@ -128,12 +132,7 @@ impl Proxy {
     /// Calls seen for `user` (all actions), faults included: an SDK retry of a call is not another call
     /// (it carries `amz-sdk-request: attempt=N`, N > 1) and is counted in [`Proxy::retries_for`].
     pub fn calls_for(&self, user: &str) -> u64 {
-        self.lock()
-            .counts
-            .iter()
-            .filter(|((_, u), _)| u == user)
-            .map(|(_, n)| n)
-            .sum()
+        sum_for(&self.lock().counts, user)
     }
 
     pub fn calls(&self, action: &str, user: &str) -> u64 {
