@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::app::{self, Decided, Judgement};
+use crate::lookup::{self, Decided, Judgement};
 use crate::cache::{self, Cache};
 use crate::cli::CacheCommand;
 use crate::config::Config;
@@ -73,7 +73,7 @@ fn show(users: &[OsString], cfg: &Config) -> Result<(), Error> {
                     "iam_user": u.as_str(), "linux_login": linux, "state": "untrusted", "reason": why,
                 }),
                 cache::Read::Hit(l) => {
-                    let j = app::judge(
+                    let j = lookup::judge(
                         Some((l.record.fetched_at, l.record.is_negative())),
                         now,
                         &cfg.freshness,
@@ -184,7 +184,7 @@ fn purge(users: &[OsString], all: bool, cfg: &Config) -> Result<(), Error> {
 /// Fetches `login`'s answer into the cache unless fresh, through the same path as a login (account rules
 /// included); the report row says `cached`, `refused` or `failed`. Also sync-users' prefetch.
 pub fn warm_one(cfg: &Config, login: &LoginName, log: &Log) -> Value {
-    match app::decide(cfg, login, Instant::now(), log) {
+    match lookup::decide(cfg, login, Instant::now(), log) {
         Ok(Decided::Refused(why)) => json!({
             "user": login.as_str(), "result": "refused", "reason": why,
         }),
@@ -192,7 +192,7 @@ pub fn warm_one(cfg: &Config, login: &LoginName, log: &Log) -> Value {
             "user": login.as_str(),
             "iam_user": login.iam_user().as_str(),
             "result": "cached",
-            "source": app::source_name(a.source),
+            "source": lookup::source_name(a.source),
             "keys": a.keys.len(),
             "iam_calls": a.iam_calls,
             "decision": decision,

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use serde_json::json;
 
-use crate::app::{self, Judgement};
+use crate::lookup::{self, Judgement};
 use crate::cache::{self, Cache};
 use crate::cli::{Cli, DoctorArgs};
 use crate::config::{Config, Env};
@@ -371,7 +371,7 @@ pub fn run(args: &DoctorArgs, own: &Config, _log: &Log) -> Result<(), Error> {
         ),
     );
     let budget = cfg.timeout.max(Duration::from_secs(5));
-    let probed = app::with_runtime(&cfg, budget, async {
+    let probed = lookup::with_runtime(&cfg, budget, async {
         let creds = iam::describe_credentials(&cfg, budget).await;
         let client = iam::client(&cfg, budget).await;
         Ok((creds, iam::probe(&client).await))
@@ -550,7 +550,7 @@ fn check_user(r: &mut Report, cfg: &Config, login: &LoginName) {
     }
     // What IAM says now, bypassing the cache.
     let budget = cfg.timeout.max(Duration::from_secs(5));
-    let fetched = app::with_runtime(cfg, budget, async {
+    let fetched = lookup::with_runtime(cfg, budget, async {
         let client = iam::client(cfg, budget).await;
         iam::fetch(&client, iam_user, &HashMap::new(), &cfg.allowed_groups).await
     });
@@ -626,7 +626,7 @@ fn check_user(r: &mut Report, cfg: &Config, login: &LoginName) {
             "nothing to do; purge it with: iam-authorized-keys cache purge USER",
         ),
         Ok(cache::Read::Hit(l)) => {
-            let j = app::judge(
+            let j = lookup::judge(
                 Some((l.record.fetched_at, l.record.is_negative())),
                 now,
                 &cfg.freshness,

@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod iam;
 pub mod keyopts;
 pub mod keys;
+pub mod lookup;
 pub mod log;
 pub mod output;
 pub mod policy;

@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Write};
 
 use serde_json::json;
 
-use crate::app::Answer;
+use crate::lookup::Answer;
 use crate::error::Error;
 use crate::username::LoginName;
 
@@ -112,7 +112,7 @@ pub fn render_json(
         "user": login.as_str(),
         "iam_user": login.iam_user().as_str(),
         "result": answer.result(),
-        "source": crate::app::source_name(answer.source),
+        "source": crate::lookup::source_name(answer.source),
         "age_secs": answer.age_secs,
         "iam_calls": answer.iam_calls,
         "decision": decision,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::app;
+use crate::lookup;
 use crate::cli::SyncArgs;
 use crate::config::Config;
 use crate::error::Error;
@@ -203,7 +203,7 @@ pub fn run(args: &SyncArgs, cfg: &Config, log: &Log) -> Result<(), Error> {
         groups_cache.get_with(g.to_string(), || {
             let budget = cfg.timeout.max(Duration::from_secs(10));
             Arc::new(
-                app::with_runtime(cfg, budget, async {
+                lookup::with_runtime(cfg, budget, async {
                     let client = iam::client(cfg, budget).await;
                     iam::group_members(&client, g).await
                 })

@@ -1,0 +1,492 @@
+//! The decision: fresh cache -> IAM (one process per user at a time) -> stale within bound -> fail closed.
+//! `judge` is pure and takes the clock as an argument; `decide` and `lookup` do the I/O around it. Only the
+//! cold path (`ask_iam`, `with_runtime`) starts tokio or touches the SDK.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::cache::{self, Cache, Loaded, Outcome, Record, ServedKey};
+use crate::config::{Config, Freshness};
+use crate::error::Error;
+use crate::iam;
+use crate::log::Log;
+use crate::policy::{self, Verdict};
+use crate::username::LoginName;
+
+/// How far in the future a record's timestamp may lie (clock steps) before the record is distrusted.
+const MAX_CLOCK_SKEW_SECS: u64 = 5;
+
+/// Below this much time left, starting an IAM request is pointless.
+const MIN_IAM_BUDGET: Duration = Duration::from_millis(50);
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Iam,
+    Stale,
+}
+
+/// What will be served.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub source: Source,
+    pub outcome: Outcome,
+    pub keys: Vec<ServedKey>,
+    /// Active keys IAM listed that we refuse to serve, with the reason.
+    pub refused: Vec<(String, String)>,
+    pub age_secs: u64,
+    pub iam_calls: u32,
+    /// Unix seconds of the IAM answer.
+    pub fetched_at: u64,
+    /// The user's IAM groups, when the group rule asked for them.
+    pub groups: Option<Vec<String>>,
+    /// The group rule's verdict, when there is a group rule.
+    pub group_verdict: Option<Verdict>,
+}
+
+impl Answer {
+    /// What the answer amounts to: `keys`, `no_active_keys`, `no_such_iam_user` or `refused` (the group
+    /// rule), as `--json` names it.
+    pub fn result(&self) -> &'static str {
+        match self.outcome {
+            _ if matches!(self.group_verdict, Some(Verdict::Refused(_))) => "refused",
+            Outcome::NotInAllowedGroup => "refused",
+            Outcome::NoSuchUser => "no_such_iam_user",
+            Outcome::Keys if self.keys.is_empty() => "no_active_keys",
+            Outcome::Keys => "keys",
+        }
+    }
+}
+
+/// The state of a cached record at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// Serve it without asking IAM.
+    Fresh { age: u64 },
+    /// Ask IAM; if IAM fails, serve it only when `servable`.
+    Expired { age: u64, servable: bool },
+    /// Nothing usable: ask IAM; if IAM fails, fail closed.
+    Miss,
+}
+
+/// Judges a record fetched at `fetched_at` (`None`: no usable record), `negative` when it holds no key.
+pub fn judge(record: Option<(u64, bool)>, now: u64, f: &Freshness) -> Judgement {
+    let Some((fetched_at, negative)) = record else {
+        return Judgement::Miss;
+    };
+    if fetched_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+        return Judgement::Miss;
+    }
+    let age = now.saturating_sub(fetched_at);
+    let ttl = if negative { f.negative_ttl } else { f.ttl };
+    if u128::from(age) * 1000 < ttl.as_millis() {
+        Judgement::Fresh { age }
+    } else {
+        Judgement::Expired {
+            age,
+            servable: u128::from(age) * 1000 < f.max_stale.as_millis(),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn judge_loaded(l: Option<&Loaded>, now: u64, f: &Freshness) -> Judgement {
+    judge(
+        l.map(|l| (l.record.fetched_at, l.record.is_negative())),
+        now,
+        f,
+    )
+}
+
+fn from_cache(l: Loaded, source: Source, age: u64) -> Answer {
+    Answer {
+        source,
+        outcome: l.record.outcome,
+        keys: l.keys,
+        refused: Vec::new(),
+        age_secs: age,
+        iam_calls: 0,
+        fetched_at: l.record.fetched_at,
+        groups: l.record.groups,
+        group_verdict: None,
+    }
+}
+
+/// Does a cached record answer the question the current configuration asks? A record fetched without the
+/// group rule says nothing about groups; a group refusal under a rule that has since changed is void.
+fn fits(record: &Record, allowed_groups: &[String]) -> bool {
+    match (&record.outcome, &record.groups) {
+        (Outcome::NoSuchUser, _) => true,
+        (Outcome::Keys, None) => allowed_groups.is_empty(),
+        (Outcome::Keys, Some(_)) => true,
+        (Outcome::NotInAllowedGroup, Some(g)) => matches!(
+            policy::check_groups(allowed_groups, g),
+            Some(Verdict::Refused(_))
+        ),
+        (Outcome::NotInAllowedGroup, None) => false,
+    }
+}
+
+/// Applies the group rule to an answer from IAM or the cache: a refused user keeps no key.
+fn apply_groups(answer: &mut Answer, allowed_groups: &[String]) {
+    if answer.outcome == Outcome::NoSuchUser {
+        return;
+    }
+    let groups = answer.groups.clone().unwrap_or_default();
+    answer.group_verdict = policy::check_groups(allowed_groups, &groups);
+    if let Some(Verdict::Refused(_)) = answer.group_verdict {
+        answer.keys.clear();
+    }
+}
+
+/// What a lookup decided for an account.
+#[derive(Debug)]
+pub enum Decided {
+    /// The local account rules refused it; no cache or IAM access happened.
+    Refused(String),
+    /// An answer from the cache or IAM, with the group rule applied, and the decision in words.
+    Answered(Answer, String),
+}
+
+/// Account rules, then the cached/IAM answer with the group rule applied.
+pub fn decide(
+    cfg: &Config,
+    login: &LoginName,
+    started: Instant,
+    log: &Log,
+) -> Result<Decided, Error> {
+    // Local account rules first: a refused account costs no cache read and no IAM call.
+    let verdict = policy::check_account(login.as_str(), cfg.uid, &cfg.accounts, |n| {
+        policy::passwd_uid(std::path::Path::new(policy::PASSWD), n)
+    });
+    match verdict {
+        Verdict::Refused(why) => return Ok(Decided::Refused(why)),
+        Verdict::Allowed(why) => log.debug(&format!("account rule: {why}")),
+    }
+    let mut answer = lookup(cfg, login, started + cfg.timeout, log)?;
+    apply_groups(&mut answer, &cfg.allowed_groups);
+    let decision = match &answer.group_verdict {
+        Some(Verdict::Refused(why)) => format!("refused: {why}"),
+        Some(Verdict::Allowed(why)) => format!("allowed: {why}"),
+        None => "allowed".to_string(),
+    };
+    Ok(Decided::Answered(answer, decision))
+}
+
+/// The name of a source in `--json`, the audit event and the cache tools.
+pub fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Cache => "cache",
+        Source::Iam => "iam",
+        Source::Stale => "stale",
+    }
+}
+
+/// Serves `stale` if the judgement allows it, else fails closed with `err`.
+fn stale_or_fail(
+    cached: Option<Loaded>,
+    judgement: Judgement,
+    err: Error,
+    log: &Log,
+) -> Result<Answer, Error> {
+    match (cached, judgement) {
+        (
+            Some(l),
+            Judgement::Expired {
+                age,
+                servable: true,
+            },
+        ) => {
+            log.warn_limited(
+                "stale",
+                &l.record.iam_user,
+                &format!(
+                    "serving cached answer for {} aged {age}s because {err}",
+                    l.record.iam_user
+                ),
+            );
+            Ok(from_cache(l, Source::Stale, age))
+        }
+        _ => Err(err),
+    }
+}
+
+pub fn lookup(
+    cfg: &Config,
+    login: &LoginName,
+    deadline: Instant,
+    log: &Log,
+) -> Result<Answer, Error> {
+    let user = login.iam_user();
+    let cache = match &cfg.cache_dir {
+        None => None,
+        Some(dir) => match Cache::open(dir) {
+            Ok(c) => {
+                log.set_marks_dir(c.dir(), c.owner());
+                Some(c)
+            }
+            Err(e) => {
+                log.warn_limited(
+                    "cache-unusable",
+                    "",
+                    &format!("cache not used: {e}; answering from IAM without caching"),
+                );
+                None
+            }
+        },
+    };
+    let read = |c: &Cache| -> Option<Loaded> {
+        match c.read(user) {
+            cache::Read::Hit(l) if !fits(&l.record, &cfg.allowed_groups) => {
+                log.info("cached answer was made under another group rule; asking IAM");
+                None
+            }
+            cache::Read::Hit(l) => Some(l),
+            cache::Read::Absent => None,
+            // A record of another format version is an upgrade, not an anomaly.
+            cache::Read::Rejected(why) if why.contains("has format version") => {
+                log.info(&format!("replacing cache record {why}"));
+                None
+            }
+            cache::Read::Rejected(why) => {
+                log.warn(&format!("ignoring cache record {why}; it will be replaced"));
+                None
+            }
+        }
+    };
+
+    let mut cached = cache.as_ref().and_then(read);
+    let mut judgement = judge_loaded(cached.as_ref(), unix_now(), &cfg.freshness);
+    log.debug(&format!("cache for {user}: {judgement:?}"));
+    if let Judgement::Fresh { age } = judgement {
+        if let Some(l) = cached {
+            return Ok(from_cache(l, Source::Cache, age));
+        }
+    }
+
+    // Single flight: one process per user asks IAM; the others wait for its record.
+    let _lock = match &cache {
+        None => None,
+        Some(c) => {
+            let (lock, waited) = match c.lock(user, Instant::now())? {
+                Some(l) => (Some(l), false),
+                None => {
+                    log.info(&format!(
+                        "another lookup of {user} is running; waiting for it"
+                    ));
+                    (c.lock(user, deadline)?, true)
+                }
+            };
+            let Some(lock) = lock else {
+                return stale_or_fail(
+                    cached,
+                    judgement,
+                    Error::Deadline(cfg.timeout.as_millis()),
+                    log,
+                );
+            };
+            // Another process may have refreshed the record since we read it.
+            cached = read(c);
+            judgement = judge_loaded(cached.as_ref(), unix_now(), &cfg.freshness);
+            match (cached.take(), judgement) {
+                (Some(l), Judgement::Fresh { age }) => {
+                    return Ok(from_cache(l, Source::Cache, age))
+                }
+                // The process we waited for did not refresh the record: IAM just failed for it.
+                // Serve what we may instead of asking again and amplifying the failure.
+                (
+                    Some(l),
+                    Judgement::Expired {
+                        age,
+                        servable: true,
+                    },
+                ) if waited => {
+                    log.warn_limited(
+                        "stale",
+                        user.as_str(),
+                        &format!(
+                            "serving cached answer for {user} aged {age}s: the lookup we waited for did not refresh it"
+                        ),
+                    );
+                    return Ok(from_cache(l, Source::Stale, age));
+                }
+                (l, _) => cached = l,
+            }
+            Some(lock)
+        }
+    };
+
+    let known: HashMap<String, ServedKey> = cached
+        .as_ref()
+        .map(|l| l.keys.iter().map(|k| (k.id.clone(), k.clone())).collect())
+        .unwrap_or_default();
+    match ask_iam(cfg, login, &known, deadline) {
+        Ok(fetched) => {
+            for (id, why) in &fetched.rejected {
+                log.warn_limited(
+                    &format!("rejected-key {id}"),
+                    user.as_str(),
+                    &format!("IAM key {id} of {user} not served: {why}"),
+                );
+            }
+            let record = Record {
+                version: cache::FORMAT_VERSION,
+                iam_user: user.as_str().to_string(),
+                fetched_at: unix_now(),
+                outcome: fetched.outcome.clone(),
+                keys: fetched.keys.iter().map(ServedKey::stored).collect(),
+                groups: fetched.groups.clone(),
+            };
+            if let Some(c) = &cache {
+                if let Err(e) = c.store(&record) {
+                    log.warn(&format!("could not write cache record: {e}"));
+                }
+            }
+            Ok(Answer {
+                source: Source::Iam,
+                outcome: fetched.outcome,
+                keys: fetched.keys,
+                refused: fetched.rejected,
+                age_secs: 0,
+                iam_calls: fetched.calls,
+                fetched_at: record.fetched_at,
+                groups: fetched.groups,
+                group_verdict: None,
+            })
+        }
+        Err(e) => stale_or_fail(cached, judgement, e, log),
+    }
+}
+
+/// The cold path: a one-thread runtime, the SDK, a hard deadline over all of it.
+fn ask_iam(
+    cfg: &Config,
+    login: &LoginName,
+    known: &HashMap<String, ServedKey>,
+    deadline: Instant,
+) -> Result<iam::Fetched, Error> {
+    let budget = deadline.saturating_duration_since(Instant::now());
+    if budget < MIN_IAM_BUDGET {
+        return Err(Error::Deadline(cfg.timeout.as_millis()));
+    }
+    with_runtime(cfg, budget, async {
+        let client = iam::client(cfg, budget).await;
+        iam::fetch(&client, login.iam_user(), known, &cfg.allowed_groups).await
+    })
+}
+
+/// Runs `work` on a one-thread runtime under a hard deadline of `budget` (the cold path only).
+pub fn with_runtime<T>(
+    cfg: &Config,
+    budget: Duration,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    iam::pin_trust_roots(cfg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Iam(format!("cannot start the async runtime: {e}")))?;
+    let result = rt.block_on(async { tokio::time::timeout(budget, work).await });
+    // Do not wait for stuck resolver threads or connections: the deadline is the deadline.
+    rt.shutdown_background();
+    match result {
+        Ok(r) => r,
+        Err(_) => Err(Error::Deadline(cfg.timeout.as_millis())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(ttl: u64, neg: u64, stale: u64) -> Freshness {
+        Freshness {
+            ttl: Duration::from_secs(ttl),
+            negative_ttl: Duration::from_secs(neg),
+            max_stale: Duration::from_secs(stale),
+        }
+    }
+
+    #[test]
+    fn judgement_table() {
+        use Judgement::*;
+        let std = f(300, 60, 3600);
+        let now = 100_000;
+        type Case = (Option<(u64, bool)>, Freshness, Judgement);
+        let cases: &[Case] = &[
+            (None, std, Miss),
+            (Some((now, false)), std, Fresh { age: 0 }),
+            (Some((now - 299, false)), std, Fresh { age: 299 }),
+            (
+                Some((now - 300, false)),
+                std,
+                Expired {
+                    age: 300,
+                    servable: true,
+                },
+            ),
+            (
+                Some((now - 3599, false)),
+                std,
+                Expired {
+                    age: 3599,
+                    servable: true,
+                },
+            ),
+            (
+                Some((now - 3600, false)),
+                std,
+                Expired {
+                    age: 3600,
+                    servable: false,
+                },
+            ),
+            (Some((now - 59, true)), std, Fresh { age: 59 }),
+            (
+                Some((now - 60, true)),
+                std,
+                Expired {
+                    age: 60,
+                    servable: true,
+                },
+            ),
+            (
+                Some((now - 400, false)),
+                f(300, 60, 0),
+                Expired {
+                    age: 400,
+                    servable: false,
+                },
+            ),
+            (
+                Some((now - 10, false)),
+                f(0, 0, 3600),
+                Expired {
+                    age: 10,
+                    servable: true,
+                },
+            ),
+            (Some((now + 3, false)), std, Fresh { age: 0 }),
+            (Some((now + 6, false)), std, Miss),
+            (Some((u64::MAX, false)), std, Miss),
+            (
+                Some((0, false)),
+                std,
+                Expired {
+                    age: now,
+                    servable: false,
+                },
+            ),
+        ];
+        for (rec, fr, want) in cases {
+            assert_eq!(judge(*rec, now, fr), *want, "{rec:?} {fr:?}");
+        }
+    }
+}
