@@ -6,12 +6,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::lookup::{self, Decided, Judgement};
 use crate::cache::{self, Cache};
 use crate::cli::CacheCommand;
 use crate::config::Config;
 use crate::error::Error;
 use crate::log::Log;
+use crate::lookup::{self, Decided, Judgement};
 use crate::output;
 use crate::username::{iam_to_linux, IamUser, LoginName};
 

@@ -11,12 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use serde_json::json;
 
-use crate::lookup::{self, Judgement};
 use crate::cache::{self, Cache};
 use crate::cli::{Cli, DoctorArgs};
 use crate::config::{Config, Env};
 use crate::error::Error;
 use crate::log::Log;
+use crate::lookup::{self, Judgement};
 use crate::policy::{self, Verdict};
 use crate::username::{sanitize, LoginName};
 use crate::{iam, output};

@@ -4,6 +4,7 @@
 //! no tokio runtime, no AWS configuration. Only a miss reaches `iam`.
 
 pub mod app;
+pub mod audit;
 pub mod cache;
 pub mod cachecmd;
 pub mod cli;
@@ -16,8 +17,8 @@ pub mod fsutil;
 pub mod iam;
 pub mod keyopts;
 pub mod keys;
-pub mod lookup;
 pub mod log;
+pub mod lookup;
 pub mod output;
 pub mod policy;
 pub mod sync;

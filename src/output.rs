@@ -5,8 +5,10 @@ use std::io::{ErrorKind, Write};
 
 use serde_json::json;
 
-use crate::lookup::Answer;
+use crate::config::Config;
 use crate::error::Error;
+use crate::keyopts;
+use crate::lookup::Answer;
 use crate::username::LoginName;
 
 /// One authorized_keys line: `[<options> ]<algorithm> <base64> iam:<iam-user>:<key-id>`. Options come
@@ -15,6 +17,22 @@ pub fn key_line(key: &crate::cache::ServedKey, iam_user: &str, options: Option<&
     match options {
         Some(o) => format!("{o} {} iam:{}:{}\n", key.key.as_str(), iam_user, key.id),
         None => format!("{} iam:{}:{}\n", key.key.as_str(), iam_user, key.id),
+    }
+}
+
+/// Options put before every key line: the configured ones, and the expiry when asked for.
+pub fn line_options(cfg: &Config, answer: &Answer) -> Option<String> {
+    let expiry = cfg.key_expiry.then(|| {
+        let last = cfg.freshness.ttl.max(cfg.freshness.max_stale).as_secs();
+        format!(
+            "expiry-time=\"{}\"",
+            keyopts::expiry_stamp(answer.fetched_at.saturating_add(last))
+        )
+    });
+    match (cfg.key_options.as_ref().map(|o| o.as_str()), expiry) {
+        (Some(o), Some(e)) => Some(format!("{o},{e}")),
+        (Some(o), None) => Some(o.to_string()),
+        (None, e) => e,
     }
 }
 

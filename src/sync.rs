@@ -13,11 +13,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::lookup;
 use crate::cli::SyncArgs;
 use crate::config::Config;
 use crate::error::Error;
 use crate::log::Log;
+use crate::lookup;
 use crate::username::{iam_to_linux, IamUser, LoginName};
 use crate::{fsutil, iam, output};
 
