@@ -1,0 +1,4 @@
+//! The admin commands, one file each. They sit above the lookup core: they may call `lookup` and the
+//! modules below it, and nothing in the core imports them.
+
+pub mod doctor;
