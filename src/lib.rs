@@ -6,7 +6,6 @@
 pub mod app;
 pub mod audit;
 pub mod cache;
-pub mod cachecmd;
 pub mod cli;
 pub mod cmd;
 pub mod config;

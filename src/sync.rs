@@ -499,7 +499,7 @@ fn prefetch(cfg: &Config, linux: &str, log: &Log) -> serde_json::Value {
         Ok(l) => l,
         Err(e) => return json!({"user": linux, "result": "failed", "error": e.to_string()}),
     };
-    crate::cachecmd::warm_one(cfg, &login, log)
+    crate::cmd::cache::warm_one(cfg, &login, log)
 }
 
 fn render(v: &serde_json::Value) -> String {
