@@ -20,7 +20,6 @@ pub mod log;
 pub mod lookup;
 pub mod output;
 pub mod policy;
-pub mod sync;
 pub mod username;
 
 use std::process::ExitCode;

@@ -3,3 +3,4 @@
 
 pub mod cache;
 pub mod doctor;
+pub mod sync_users;
