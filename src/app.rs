@@ -27,8 +27,8 @@ pub fn run(cli: &Cli, log: &Log) -> Result<(), Error> {
         Some(Command::Doctor(args)) => return crate::cmd::doctor::run(args, &cfg, log),
         Some(Command::Cache(args)) => return crate::cmd::cache::run(args, &cfg, log),
         Some(Command::SyncUsers(args)) => return crate::cmd::sync_users::run(args, &cfg, log),
-        Some(Command::Completions { shell }) => return crate::docs::completions(*shell),
-        Some(Command::Man) => return crate::docs::man(),
+        Some(Command::Completions { shell }) => return crate::cmd::docs::completions(*shell),
+        Some(Command::Man) => return crate::cmd::docs::man(),
         None => {}
     }
     let raw = cli

@@ -9,7 +9,6 @@ pub mod cache;
 pub mod cli;
 pub mod cmd;
 pub mod config;
-pub mod docs;
 pub mod error;
 pub mod fastargs;
 pub mod fsutil;

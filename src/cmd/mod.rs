@@ -2,5 +2,6 @@
 //! modules below it, and nothing in the core imports them.
 
 pub mod cache;
+pub mod docs;
 pub mod doctor;
 pub mod sync_users;
