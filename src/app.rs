@@ -8,7 +8,7 @@ use crate::config::{Config, Env};
 use crate::error::Error;
 use crate::log::Log;
 use crate::lookup::{decide, Decided};
-use crate::username::{sanitize, LoginName};
+use crate::username::LoginName;
 use crate::{audit, output};
 
 fn env() -> Env {
@@ -23,7 +23,7 @@ pub fn run(cli: &Cli, log: &Log) -> Result<(), Error> {
     let started = Instant::now();
     let cfg = Config::build(&cli.opts, &env())?;
     match &cli.command {
-        Some(Command::Map { names }) => return map_names(names, &cfg),
+        Some(Command::Map { names }) => return crate::cmd::map::run(names, &cfg),
         Some(Command::Doctor(args)) => return crate::cmd::doctor::run(args, &cfg, log),
         Some(Command::Cache(args)) => return crate::cmd::cache::run(args, &cfg, log),
         Some(Command::SyncUsers(args)) => return crate::cmd::sync_users::run(args, &cfg, log),
@@ -59,44 +59,5 @@ pub fn run(cli: &Cli, log: &Log) -> Result<(), Error> {
             audit::event(log, &login, &offered, None, Some(&e), started);
             Err(e)
         }
-    }
-}
-
-/// `map NAME...`: each name read as a Linux name and as an IAM name.
-fn map_names(names: &[std::ffi::OsString], cfg: &Config) -> Result<(), Error> {
-    let mut rows = Vec::new();
-    let mut all_ok = true;
-    for raw in names {
-        let name = raw.to_string_lossy();
-        let reason = |e: Error| match e {
-            Error::InvalidUser { reason, .. } => reason,
-            other => other.to_string(),
-        };
-        let as_linux = crate::username::linux_to_iam(&name, cfg.name_case)
-            .map(|u| u.as_str().to_string())
-            .map_err(reason);
-        let as_iam = crate::username::IamUser::parse(&name)
-            .map_err(reason)
-            .and_then(|u| crate::username::iam_to_linux(&u, cfg.name_case));
-        all_ok &= as_linux.is_ok() || as_iam.is_ok();
-        rows.push((sanitize(&name), as_linux, as_iam));
-    }
-    output::emit(&if cfg.json {
-        output::render_map_json(&rows)
-    } else {
-        output::render_map(&rows)
-    })?;
-    if all_ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidUser {
-            shown: rows
-                .iter()
-                .filter(|(_, a, b)| a.is_err() && b.is_err())
-                .map(|(n, _, _)| n.clone())
-                .collect::<Vec<_>>()
-                .join(", "),
-            reason: "no mapping in either direction (see above)".into(),
-        })
     }
 }

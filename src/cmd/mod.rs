@@ -4,4 +4,5 @@
 pub mod cache;
 pub mod docs;
 pub mod doctor;
+pub mod map;
 pub mod sync_users;
