@@ -1,4 +1,5 @@
-//! Command-line options as clap sees them. No logic: `config` turns these into a checked `Config`.
+//! Command-line options as clap sees them. No logic and no imports from this crate: `fastargs` chooses the
+//! parser, `config` turns the options into a checked `Config`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ pub struct Cli {
 
 /// The lookup alone, without subcommands: what sshd runs on every login. clap builds (and propagates
 /// global options into) every subcommand on each parse, which tripled the warm hit; sshd's invocation
-/// never names a subcommand, so it is parsed with this smaller definition (see [`parse`]).
+/// never names a subcommand, so it is parsed with this smaller definition (see `fastargs::parse`).
 #[derive(Debug, Parser)]
 #[command(
     name = "iam-authorized-keys",
@@ -56,55 +57,6 @@ pub struct LookupCli {
 
     #[arg(value_name = "KEYTYPE")]
     pub offered_type: Option<OsString>,
-}
-
-/// First arguments that select the full parser: subcommands, and help/version (which show them).
-const FULL: &[&str] = &[
-    "map",
-    "doctor",
-    "cache",
-    "sync-users",
-    "completions",
-    "man",
-    "help",
-    "-h",
-    "--help",
-    "-V",
-    "--version",
-];
-
-/// Parses the command line: with the full definition when the first argument is a subcommand (or
-/// help/version), else with [`LookupCli`]. A subcommand name given as USER without `--` is refused with a
-/// hint, so `iam-authorized-keys --json doctor` does not look up an account called "doctor".
-pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
-    if let Some(cli) = crate::fastargs::parse(&args) {
-        return Ok(cli);
-    }
-    let first = args.get(1).and_then(|a| a.to_str());
-    if args.len() < 2 || first.is_some_and(|a| FULL.contains(&a)) {
-        return Cli::try_parse_from(args);
-    }
-    let dashdash = args.iter().any(|a| a == "--");
-    let l = LookupCli::try_parse_from(args)?;
-    if !dashdash && l.user.to_str().is_some_and(|u| FULL.contains(&u)) {
-        let mut cmd = <LookupCli as clap::CommandFactory>::command();
-        return Err(cmd.error(
-            clap::error::ErrorKind::ArgumentConflict,
-            format!(
-                "'{}' is a subcommand: put it first (iam-authorized-keys {} [OPTIONS]), or write -- {} to look up an account of that name",
-                l.user.to_string_lossy(),
-                l.user.to_string_lossy(),
-                l.user.to_string_lossy()
-            ),
-        ));
-    }
-    Ok(Cli {
-        command: None,
-        opts: l.opts,
-        user: Some(l.user),
-        offered_fingerprint: l.offered_fingerprint,
-        offered_type: l.offered_type,
-    })
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,5 @@
-//! sshd's invocation, parsed without building clap's command tree (which costs more than the rest of a
-//! warm hit). Only the exact shape sshd uses is handled: `--long value` options, bare flags, `-v`, then
+//! Command-line parsing: [`parse`] chooses the parser. sshd's invocation is parsed without building clap's
+//! command tree (which costs more than the rest of a warm hit). Only the exact shape sshd uses is handled: `--long value` options, bare flags, `-v`, then
 //! `--` and USER [FINGERPRINT [KEYTYPE]]. Anything else (`--opt=value`, a repeated option, an unknown
 //! token, a value starting with `-`, help) returns `None` and clap parses it, with its usual errors. Tests
 //! check that every option clap knows is here and that both parsers agree on generated command lines.
@@ -7,7 +7,9 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::cli::{Cli, Opts};
+use clap::Parser;
+
+use crate::cli::{Cli, LookupCli, Opts};
 
 /// How an option takes its value.
 enum Kind {
@@ -47,8 +49,57 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("json", Kind::Flag(|o| &mut o.json)),
 ];
 
+/// First arguments that select the full parser: subcommands, and help/version (which show them).
+const FULL: &[&str] = &[
+    "map",
+    "doctor",
+    "cache",
+    "sync-users",
+    "completions",
+    "man",
+    "help",
+    "-h",
+    "--help",
+    "-V",
+    "--version",
+];
+
+/// Parses the command line: sshd's shape without clap ([`sshd_shape`]); else with the full definition when the first argument is a subcommand (or
+/// help/version), else with [`LookupCli`]. A subcommand name given as USER without `--` is refused with a
+/// hint, so `iam-authorized-keys --json doctor` does not look up an account called "doctor".
+pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    if let Some(cli) = sshd_shape(&args) {
+        return Ok(cli);
+    }
+    let first = args.get(1).and_then(|a| a.to_str());
+    if args.len() < 2 || first.is_some_and(|a| FULL.contains(&a)) {
+        return Cli::try_parse_from(args);
+    }
+    let dashdash = args.iter().any(|a| a == "--");
+    let l = LookupCli::try_parse_from(args)?;
+    if !dashdash && l.user.to_str().is_some_and(|u| FULL.contains(&u)) {
+        let mut cmd = <LookupCli as clap::CommandFactory>::command();
+        return Err(cmd.error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "'{}' is a subcommand: put it first (iam-authorized-keys {} [OPTIONS]), or write -- {} to look up an account of that name",
+                l.user.to_string_lossy(),
+                l.user.to_string_lossy(),
+                l.user.to_string_lossy()
+            ),
+        ));
+    }
+    Ok(Cli {
+        command: None,
+        opts: l.opts,
+        user: Some(l.user),
+        offered_fingerprint: l.offered_fingerprint,
+        offered_type: l.offered_type,
+    })
+}
+
 /// Parses `args` if they have sshd's shape; `None` means "let clap do it".
-pub fn parse(args: &[OsString]) -> Option<Cli> {
+pub fn sshd_shape(args: &[OsString]) -> Option<Cli> {
     let mut opts = Opts::default();
     let mut i = 1;
     loop {
@@ -118,7 +169,7 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{CommandFactory, Parser};
+    use clap::CommandFactory;
     use proptest::prelude::*;
 
     fn os(v: &[&str]) -> Vec<OsString> {
@@ -127,7 +178,7 @@ mod tests {
 
     #[test]
     fn knows_every_option_clap_knows() {
-        let cmd = crate::cli::LookupCli::command();
+        let cmd = LookupCli::command();
         for a in cmd.get_arguments() {
             let Some(long) = a.get_long() else { continue };
             if matches!(long, "help" | "version" | "verbose") {
@@ -150,7 +201,7 @@ mod tests {
 
     #[test]
     fn the_drop_in_shape_and_the_fallbacks() {
-        let cli = parse(&os(&[
+        let cli = sshd_shape(&os(&[
             "iak",
             "--ttl",
             "10m",
@@ -187,7 +238,7 @@ mod tests {
             &["iak", "-x", "--", "a"],
             &["iak", "--ttl"],
         ] {
-            assert!(parse(&os(fallback)).is_none(), "{fallback:?}");
+            assert!(sshd_shape(&os(fallback)).is_none(), "{fallback:?}");
         }
     }
 
@@ -232,8 +283,8 @@ mod tests {
             argv.push("--".into());
             argv.extend(pos.iter().map(|s| s.to_string()));
             let args: Vec<OsString> = argv.iter().map(OsString::from).collect();
-            if let Some(fast) = parse(&args) {
-                let slow = crate::cli::LookupCli::try_parse_from(&args);
+            if let Some(fast) = sshd_shape(&args) {
+                let slow = LookupCli::try_parse_from(&args);
                 prop_assert!(slow.is_ok(), "clap refused {:?}: {:?}", argv, slow.err());
                 let slow = slow.expect("checked");
                 prop_assert_eq!(format!("{:?}", fast.opts), format!("{:?}", slow.opts));

@@ -1,7 +1,14 @@
 //! iam-authorized-keys: sshd's AuthorizedKeysCommand for AWS IAM users' SSH public keys.
 //!
-//! The warm path (a fresh cache record) is `config` -> `username` -> `cache` -> `output`, all synchronous:
-//! no tokio runtime, no AWS configuration. Only a miss reaches `iam`.
+//! Imports point one way: `lib -> app -> cmd/* -> lookup -> iam, cache, policy, ...`; no module of the
+//! lookup core imports a command or `app` (`tests/layout.rs` checks it).
+//! - `app`: dispatch; `lookup`: the decision; `audit`: the audit event of a lookup
+//! - `cmd`: the admin commands (doctor, cache, sync-users, map, docs)
+//! - `cli` (clap definitions), `fastargs` (choosing the parser), `config` (checked options)
+//! - `username`, `policy`, `keys`, `keyopts`, `iam`, `cache`, `fsutil`, `output`, `log`, `error`
+//!
+//! The warm path (a fresh cache record) is `fastargs` -> `config` -> `username` -> `policy` -> `lookup`
+//! -> `cache` -> `output`, all synchronous: no tokio runtime, no AWS configuration. Only a miss reaches `iam`.
 
 pub mod app;
 pub mod audit;
@@ -25,7 +32,7 @@ use std::process::ExitCode;
 
 /// The program: parses arguments, runs, maps the result to the one process exit code.
 pub fn main() -> ExitCode {
-    let cli = match cli::parse(std::env::args_os().collect()) {
+    let cli = match fastargs::parse(std::env::args_os().collect()) {
         Ok(c) => c,
         Err(e) => {
             // clap prints --help/--version to stdout, usage errors to stderr; both end here.

@@ -2,7 +2,7 @@
 # The test command: installs every prerequisite, then runs every tier. A missing prerequisite is a
 # failure, never a skip.
 #   lint:        cargo fmt --check, cargo clippy --all-targets -D warnings
-#   unit:        cargo test --lib (pure logic, aws-smithy-mocks for SDK error shapes)
+#   unit:        cargo test --lib (pure logic, aws-smithy-mocks for SDK error shapes), tests/layout.rs (import direction)
 #   integration: the real binary against moto through a fault-injecting proxy (cargo test --test moto --test access --test ops)
 #   static:      the musl static-pie release binary, run inside an empty chroot against moto
 #   install:     install.sh into sandbox trees (tests/install_test.sh)
@@ -51,7 +51,7 @@ cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 
 step "unit"
-cargo test --locked --lib
+cargo test --locked --lib --test layout
 
 step "moto"
 MOTO_PORT=$(free_port)
