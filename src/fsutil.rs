@@ -198,40 +198,94 @@ pub fn remove(path: &Path) -> Result<(), Error> {
 }
 
 /// An exclusive advisory lock, released when dropped or when the process dies (flock semantics), so a
-/// killed holder never leaves a stuck lock.
+/// killed holder never leaves a stuck lock. The lock file's content is a note from the last holder to the
+/// processes that waited for it (see [`Lock::note_iam_failure`]).
 #[derive(Debug)]
 pub struct Lock {
-    _file: File,
+    file: File,
     pub path: PathBuf,
 }
 
-/// Takes the exclusive lock on `path` (created 0600 if missing, owned by `owner`), polling until
-/// `deadline`. `Ok(None)` means another process held it the whole time.
-pub fn lock_until(path: &Path, deadline: Instant, owner: u32) -> Result<Option<Lock>, Error> {
-    let mut opts = OpenOptions::new();
-    opts.read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600);
-    // A lock file root just created is root's until handed over; accept that one moment.
-    let (file, meta) = open_checked(path, &mut opts, |m| {
-        if euid() == 0 && m.uid() == 0 {
-            0
-        } else {
-            owner
+/// The note a holder leaves when IAM failed for it: `iam-failed <unix-millis>`.
+const FAILURE_NOTE: &str = "iam-failed ";
+
+impl Lock {
+    /// Records, for the processes waiting on this lock, that IAM failed at `at_ms` (Unix milliseconds).
+    /// Best effort: a note that cannot be written (full disk) makes waiters ask IAM themselves, which is
+    /// the safe direction.
+    pub fn note_iam_failure(&self, at_ms: u64) {
+        use std::os::unix::fs::FileExt;
+        let text = format!("{FAILURE_NOTE}{at_ms}\n");
+        if self.file.set_len(0).is_ok() {
+            let _ = self.file.write_all_at(text.as_bytes(), 0);
         }
-    })?
-    .ok_or_else(|| Error::io(path, ErrorKind::NotFound.into()))?;
-    if meta.uid() != owner {
-        hand_over(&file, path, owner)?;
     }
+
+    /// Did a holder note an IAM failure at or after `since_ms`? Only such a note lets a waiter serve an
+    /// expired record without asking IAM: a holder that got an answer but could not store it leaves none.
+    pub fn iam_failed_since(&self, since_ms: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 64];
+        let n = self.file.read_at(&mut buf, 0).unwrap_or(0);
+        std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|t| t.trim_end().strip_prefix(FAILURE_NOTE))
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .is_some_and(|at| at >= since_ms)
+    }
+}
+
+/// Opens (or creates, 0600, owned by `owner`) the lock file at `path`. Ownership is only ever given away
+/// for a file this call created (`O_EXCL`): an existing file must already belong to `owner` and have a
+/// single link, so a hard link planted in the cache directory (say to /etc/passwd, where
+/// fs.protected_hardlinks is off) is refused instead of being chowned by root.
+fn open_lock_file(path: &Path, owner: u32) -> Result<File, Error> {
+    for _ in 0..3 {
+        let created = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nofollow_flags())
+            .open(path);
+        match created {
+            Ok(file) => {
+                hand_over(&file, path, owner)?;
+                return Ok(file);
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                return Err(unsafe_path(path, "is a symbolic link"))
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true);
+        match open_checked(path, &mut opts, |_| owner)? {
+            Some((file, meta)) if meta.nlink() == 1 => return Ok(file),
+            Some((_, meta)) => {
+                return Err(unsafe_path(
+                    path,
+                    format!("has {} hard links; a lock file has one", meta.nlink()),
+                ))
+            }
+            // Removed between our two opens: try again.
+            None => continue,
+        }
+    }
+    Err(Error::io(path, ErrorKind::NotFound.into()))
+}
+
+/// Takes the exclusive lock on `path` (see [`open_lock_file`]), polling until `deadline`. `Ok(None)`
+/// means another process held it the whole time.
+pub fn lock_until(path: &Path, deadline: Instant, owner: u32) -> Result<Option<Lock>, Error> {
+    let file = open_lock_file(path, owner)?;
     let mut pause = Duration::from_millis(1);
     loop {
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {
                 return Ok(Some(Lock {
-                    _file: file,
+                    file,
                     path: path.to_path_buf(),
                 }))
             }
@@ -369,5 +423,63 @@ mod tests {
         assert!(lock_until(&p, soon(), euid()).expect("second").is_none());
         drop(held);
         assert!(lock_until(&p, soon(), euid()).expect("third").is_some());
+    }
+
+    #[test]
+    fn the_waiters_note_says_only_what_the_holder_wrote() {
+        let d = tmpdir();
+        let p = d.path().join("u.lock");
+        let soon = || Instant::now() + Duration::from_millis(30);
+        let l = lock_until(&p, soon(), euid())
+            .expect("lock")
+            .expect("acquired");
+        assert!(!l.iam_failed_since(0), "a new lock file holds no note");
+        l.note_iam_failure(5_000);
+        assert!(l.iam_failed_since(5_000));
+        assert!(l.iam_failed_since(4_000));
+        assert!(
+            !l.iam_failed_since(5_001),
+            "a note older than the wait is not ours"
+        );
+        drop(l);
+        let l = lock_until(&p, soon(), euid())
+            .expect("lock")
+            .expect("again");
+        assert!(l.iam_failed_since(5_000), "the note outlives the holder");
+        std::fs::write(&p, b"garbage").expect("write");
+        assert!(!l.iam_failed_since(0));
+    }
+
+    #[test]
+    fn lock_never_chowns_a_file_it_did_not_create() {
+        // Finding 3 of the hardening review: root taking a lock in the sshd user's cache directory
+        // fchowned an existing uid-0 "lock file" to that user; a hard link to /etc/passwd became theirs.
+        let d = tmpdir();
+        let cache = d.path().join("cache");
+        std::fs::create_dir(&cache).expect("mkdir");
+        let victim = d.path().join("passwd");
+        std::fs::write(&victim, b"root:x:0:0::/root:/bin/sh\n").expect("victim");
+        std::fs::hard_link(&victim, cache.join("alice.lock")).expect("link");
+        let soon = Instant::now() + Duration::from_millis(30);
+        let owner = if euid() == 0 { 54_321 } else { euid() };
+        if euid() == 0 {
+            rustix::fs::chown(&cache, Some(rustix::fs::Uid::from_raw(owner)), None).expect("chown");
+        }
+        let e = lock_until(&cache.join("alice.lock"), soon, owner).expect_err("planted link");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("owned by uid") || msg.contains("hard links"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::metadata(&victim).expect("meta").uid(),
+            euid(),
+            "the victim's owner must not change"
+        );
+        // A lock file this call creates is handed to the cache owner.
+        let fresh = cache.join("bob.lock");
+        let held = lock_until(&fresh, soon, owner).expect("new lock");
+        assert!(held.is_some());
+        assert_eq!(std::fs::metadata(&fresh).expect("meta").uid(), owner);
     }
 }

@@ -97,6 +97,13 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 fn judge_loaded(l: Option<&Loaded>, now: u64, f: &Freshness) -> Judgement {
     judge(
         l.map(|l| (l.record.fetched_at, l.record.is_negative())),
@@ -271,56 +278,70 @@ pub fn lookup(
         }
     }
 
-    // Single flight: one process per user asks IAM; the others wait for its record.
-    let _lock = match &cache {
+    // Single flight: one process per user asks IAM; the others wait for its record. A lock that cannot
+    // be taken at all (read-only or full filesystem) costs the single flight, never the login.
+    let wait_started = unix_millis();
+    let lock = match &cache {
         None => None,
-        Some(c) => {
-            let (lock, waited) = match c.lock(user, Instant::now())? {
-                Some(l) => (Some(l), false),
-                None => {
-                    log.info(&format!(
-                        "another lookup of {user} is running; waiting for it"
-                    ));
-                    (c.lock(user, deadline)?, true)
-                }
-            };
-            let Some(lock) = lock else {
+        Some(c) => match take_lock(c, user, deadline, log) {
+            Err(e) => {
+                log.warn_limited(
+                    "cache-unusable",
+                    "",
+                    &format!(
+                        "cache lock not usable: {e}; answering from IAM without single flight"
+                    ),
+                );
+                None
+            }
+            Ok(None) => {
                 return stale_or_fail(
                     cached,
                     judgement,
                     Error::Deadline(cfg.timeout.as_millis()),
                     log,
                 );
-            };
-            // Another process may have refreshed the record since we read it.
-            cached = read(c);
-            judgement = judge_loaded(cached.as_ref(), unix_now(), &cfg.freshness);
-            match (cached.take(), judgement) {
-                (Some(l), Judgement::Fresh { age }) => {
-                    return Ok(from_cache(l, Source::Cache, age))
-                }
-                // The process we waited for did not refresh the record: IAM just failed for it.
-                // Serve what we may instead of asking again and amplifying the failure.
-                (
-                    Some(l),
-                    Judgement::Expired {
-                        age,
-                        servable: true,
-                    },
-                ) if waited => {
-                    log.warn_limited(
-                        "stale",
-                        user.as_str(),
-                        &format!(
-                            "serving cached answer for {user} aged {age}s: the lookup we waited for did not refresh it"
-                        ),
-                    );
-                    return Ok(from_cache(l, Source::Stale, age));
-                }
-                (l, _) => cached = l,
             }
-            Some(lock)
-        }
+            Ok(Some((lock, waited))) => {
+                // Another process may have refreshed the record since we read it.
+                cached = read(c);
+                judgement = judge_loaded(cached.as_ref(), unix_now(), &cfg.freshness);
+                match (cached.take(), judgement) {
+                    (Some(l), Judgement::Fresh { age }) => {
+                        return Ok(from_cache(l, Source::Cache, age))
+                    }
+                    // The process we waited for noted that IAM failed: serve what we may instead of
+                    // asking again and amplifying the failure. Without that note (it got an answer but
+                    // could not store it, or it was killed) we ask IAM ourselves: an expired record is
+                    // served only when IAM failed to answer.
+                    (
+                        Some(l),
+                        Judgement::Expired {
+                            age,
+                            servable: true,
+                        },
+                    ) if waited && lock.iam_failed_since(wait_started) => {
+                        log.warn_limited(
+                            "stale",
+                            user.as_str(),
+                            &format!(
+                                "serving cached answer for {user} aged {age}s: IAM failed for the lookup we waited for"
+                            ),
+                        );
+                        return Ok(from_cache(l, Source::Stale, age));
+                    }
+                    (l, _) => {
+                        if waited {
+                            log.info(&format!(
+                                "the lookup of {user} we waited for left no fresh record and no IAM failure; asking IAM"
+                            ));
+                        }
+                        cached = l;
+                    }
+                }
+                Some(lock)
+            }
+        },
     };
 
     let known: HashMap<String, ServedKey> = cached
@@ -346,7 +367,11 @@ pub fn lookup(
             };
             if let Some(c) = &cache {
                 if let Err(e) = c.store(&record) {
-                    log.warn(&format!("could not write cache record: {e}"));
+                    log.warn_limited(
+                        "cache-write",
+                        user.as_str(),
+                        &format!("could not write cache record: {e}"),
+                    );
                 }
             }
             Ok(Answer {
@@ -361,8 +386,30 @@ pub fn lookup(
                 group_verdict: None,
             })
         }
-        Err(e) => stale_or_fail(cached, judgement, e, log),
+        Err(e) => {
+            if let Some(l) = &lock {
+                l.note_iam_failure(unix_millis());
+            }
+            stale_or_fail(cached, judgement, e, log)
+        }
     }
+}
+
+/// Takes `user`'s lock, waiting until `deadline` when another process holds it. `Ok(None)`: still held
+/// at the deadline; the flag says whether we waited.
+fn take_lock(
+    c: &Cache,
+    user: &crate::username::IamUser,
+    deadline: Instant,
+    log: &Log,
+) -> Result<Option<(crate::fsutil::Lock, bool)>, Error> {
+    if let Some(l) = c.lock(user, Instant::now())? {
+        return Ok(Some((l, false)));
+    }
+    log.info(&format!(
+        "another lookup of {user} is running; waiting for it"
+    ));
+    Ok(c.lock(user, deadline)?.map(|l| (l, true)))
 }
 
 /// The cold path: a one-thread runtime, the SDK, a hard deadline over all of it.

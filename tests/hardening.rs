@@ -1,0 +1,289 @@
+//! Regression tests for the adversarial review (issue #12), one per finding, named for it. Each failed on
+//! the code before its fix. The real binary runs against the IAM emulator through a fault proxy, as in
+//! `moto.rs`; findings about filesystems use private tmpfs mounts (root only: tests/run.sh runs as root).
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/proxy.rs"]
+mod proxy;
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use harness::*;
+use proxy::Fault;
+
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// A private tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, options: &str) -> Tmpfs {
+        assert_eq!(
+            euid(),
+            0,
+            "this test mounts a tmpfs: run it as root (tests/run.sh does)"
+        );
+        std::fs::create_dir_all(at).expect("mountpoint");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn remount(&self, options: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .expect("remount");
+        assert!(st.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Sets a record's `fetched_at` back by `secs`.
+fn age_record(path: &Path, secs: u64) {
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json");
+    rec["fetched_at"] = (rec["fetched_at"].as_u64().expect("ts") - secs).into();
+    std::fs::write(path, serde_json::to_vec(&rec).expect("enc")).expect("write");
+}
+
+/// Holds `user`'s lock in this process, as a concurrent lookup would.
+fn hold_lock(cache: &Path, user: &str) -> File {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(cache.join(format!("{user}.lock")))
+        .expect("lock file from the first lookup");
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    f
+}
+
+#[test]
+fn finding_1_waiter_does_not_serve_a_revoked_key_when_the_holder_got_an_answer() {
+    // The holder got IAM's answer but could not store it (a full cache filesystem); the waiter found
+    // the record still expired and served it "because IAM failed", although IAM had just said the key
+    // is inactive. Here the holder is this test: it takes the lock and lets go without a record.
+    let c = Case::new();
+    let (u, k) = c.user_with_key("f1holder");
+    assert_eq!(served(&c.run(&u, &[]), &u), vec![canonical(&k)]);
+    let id = c.iam.rt.block_on(async {
+        c.iam
+            .client
+            .list_ssh_public_keys()
+            .user_name(&u)
+            .send()
+            .await
+            .expect("list")
+            .ssh_public_keys()[0]
+            .ssh_public_key_id()
+            .to_string()
+    });
+    c.iam.deactivate(&u, &id);
+    age_record(&c.record(&u), 120);
+    let calls = c.proxy.calls_for(&u);
+
+    let held = hold_lock(&c.cache(), &u);
+    let waiter = command(&c.proxy.url(), &c.cache(), &u, &["--ttl", "60", "-v"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(400));
+    drop(held);
+    let o = waiter.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        o.stdout.is_empty(),
+        "served a key IAM lists as Inactive: {}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(c.proxy.calls_for(&u) > calls, "the waiter did not ask IAM");
+}
+
+#[test]
+fn finding_1_waiter_serves_stale_when_the_holder_noted_an_iam_failure() {
+    // The rule's other half: when the holder's IAM call failed, waiters serve the record within
+    // max-stale without asking IAM again (an outage is not amplified).
+    let c = Case::new();
+    let (u, k) = c.user_with_key("f1outage");
+    assert_eq!(served(&c.run(&u, &[]), &u), vec![canonical(&k)]);
+    age_record(&c.record(&u), 120);
+    c.proxy.set(Fault {
+        hang: true,
+        ..Fault::default()
+    });
+    let calls = c.proxy.calls_for(&u);
+    let holder = command(
+        &c.proxy.url(),
+        &c.cache(),
+        &u,
+        &["--ttl", "60", "--timeout", "1500ms"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn holder");
+    std::thread::sleep(Duration::from_millis(300));
+    let waiter = command(
+        &c.proxy.url(),
+        &c.cache(),
+        &u,
+        &["--ttl", "60", "--timeout", "5s"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn waiter");
+    let h = holder.wait_with_output().expect("holder");
+    let w = waiter.wait_with_output().expect("waiter");
+    assert_eq!(served(&h, &u), vec![canonical(&k)], "holder serves stale");
+    assert_eq!(served(&w, &u), vec![canonical(&k)], "waiter serves stale");
+    assert!(
+        stderr(&w).contains("IAM failed for the lookup we waited for"),
+        "{}",
+        stderr(&w)
+    );
+    assert_eq!(
+        c.proxy.calls_for(&u),
+        calls + 1,
+        "only the holder may ask IAM during the outage"
+    );
+}
+
+#[test]
+fn finding_1_full_cache_filesystem_never_serves_a_revoked_key() {
+    // The review's reproduction: the cache filesystem is full, IAM says Inactive, two lookups race.
+    let c = Case::new();
+    let fs = Tmpfs::mount(&c.dir.path().join("fs"), "size=256k");
+    let cache = fs.0.join("cache");
+    let (u, k) = c.user_with_key("f1full");
+    let run = |extra: &[&str]| command(&c.proxy.url(), &cache, &u, extra);
+    let first = run(&[]).output().expect("run");
+    assert_eq!(served(&first, &u), vec![canonical(&k)]);
+    let id = c.iam.rt.block_on(async {
+        c.iam
+            .client
+            .list_ssh_public_keys()
+            .user_name(&u)
+            .send()
+            .await
+            .expect("list")
+            .ssh_public_keys()[0]
+            .ssh_public_key_id()
+            .to_string()
+    });
+    c.iam.deactivate(&u, &id);
+    age_record(&cache.join(format!("{u}.json")), 120);
+    // Fill the filesystem.
+    let mut filler = File::create(fs.0.join("filler")).expect("filler");
+    let block = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    drop(filler);
+    c.proxy.set(Fault {
+        latency_ms: 700,
+        ..Fault::default()
+    });
+    let a = run(&["--ttl", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("a");
+    std::thread::sleep(Duration::from_millis(200));
+    let b = run(&["--ttl", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("b");
+    for o in [
+        a.wait_with_output().expect("a"),
+        b.wait_with_output().expect("b"),
+    ] {
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            o.stdout.is_empty(),
+            "served a revoked key: {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn finding_2_read_only_cache_filesystem_still_answers_from_iam() {
+    let c = Case::new();
+    let fs = Tmpfs::mount(&c.dir.path().join("fs"), "size=1m");
+    let cache = fs.0.join("cache");
+    let (old, ko) = c.user_with_key("f2old");
+    let (new, kn) = c.user_with_key("f2new");
+    let first = command(&c.proxy.url(), &cache, &old, &[])
+        .output()
+        .expect("run");
+    assert_eq!(served(&first, &old), vec![canonical(&ko)]);
+    fs.remount("ro");
+    // A user with no record and no lock file: the lock cannot be created.
+    let o = command(&c.proxy.url(), &cache, &new, &[])
+        .output()
+        .expect("run");
+    assert_eq!(served(&o, &new), vec![canonical(&kn)], "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("without single flight"),
+        "{}",
+        stderr(&o)
+    );
+    // An expired record: the existing lock file cannot be opened for writing; IAM answers.
+    let o = command(&c.proxy.url(), &cache, &old, &["--ttl", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(served(&o, &old), vec![canonical(&ko)], "{}", stderr(&o));
+    assert_eq!(
+        json(
+            &command(&c.proxy.url(), &cache, &old, &["--ttl", "0", "--json"])
+                .output()
+                .expect("run")
+        )["source"],
+        "iam"
+    );
+    // IAM down too: the read-only record is still served within max-stale.
+    let o = command(DEAD, &cache, &old, &["--ttl", "0", "--timeout", "2s"])
+        .output()
+        .expect("run");
+    assert_eq!(served(&o, &old), vec![canonical(&ko)], "{}", stderr(&o));
+}
+
+#[test]
+fn finding_2_inode_exhausted_cache_filesystem_still_answers_from_iam() {
+    let c = Case::new();
+    let fs = Tmpfs::mount(&c.dir.path().join("fs"), "size=1m,nr_inodes=16");
+    let cache = fs.0.join("cache");
+    std::fs::create_dir(&cache).expect("mkdir");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    for i in 0.. {
+        if File::create(fs.0.join(format!("f{i}"))).is_err() {
+            break;
+        }
+        assert!(i < 64, "tmpfs did not run out of inodes");
+    }
+    let (u, k) = c.user_with_key("f2inodes");
+    let o = command(&c.proxy.url(), &cache, &u, &[])
+        .output()
+        .expect("run");
+    assert_eq!(served(&o, &u), vec![canonical(&k)], "{}", stderr(&o));
+}
