@@ -41,6 +41,8 @@ pub enum KeyRejected {
     Dsa,
     #[error("RSA key has {0} bits, fewer than the {MIN_RSA_BITS} required")]
     WeakRsa(usize),
+    #[error("key algorithm is not one sshd accepts for authorized_keys (rsa, ed25519, ecdsa-nistp*, sk-*)")]
+    UnknownAlgorithm,
 }
 
 /// Parses one OpenSSH public key line (`<algorithm> <base64> [comment]`) and re-encodes it. Anything else,
@@ -66,7 +68,15 @@ pub fn canonicalize(body: &str) -> Result<CanonicalKey, KeyRejected> {
                 return Err(KeyRejected::WeakRsa(bits));
             }
         }
-        _ => {}
+        // The parser keeps any name it does not know (`foo@bar.com`, certificate types) as opaque data:
+        // such a body is well-formed wire data, but not a key we know, so it is never printed.
+        ssh_key::public::KeyData::Other(_) => return Err(KeyRejected::UnknownAlgorithm),
+        ssh_key::public::KeyData::Ecdsa(_)
+        | ssh_key::public::KeyData::Ed25519(_)
+        | ssh_key::public::KeyData::SkEcdsaSha2NistP256(_)
+        | ssh_key::public::KeyData::SkEd25519(_) => {}
+        #[allow(unreachable_patterns)]
+        _ => return Err(KeyRejected::UnknownAlgorithm),
     }
     let bare = PublicKey::new(key.key_data().clone(), "");
     let text = bare
@@ -146,6 +156,31 @@ mod tests {
         for (body, want) in cases {
             let err = canonicalize(&body).expect_err(&body).to_string();
             assert!(err.contains(want), "{body:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_algorithms_are_refused() {
+        // Finding 8 of the hardening review: the parser's catch-all variant reached stdout.
+        for name in [
+            "foo@bar.com",
+            "restrict@x",
+            "ssh-ed25519-cert-v01@openssh.com",
+            "made-up@example.org",
+        ] {
+            let alg = ssh_key::Algorithm::Other(ssh_key::AlgorithmName::new(name).expect("name"));
+            let data = ssh_key::public::KeyData::Other(ssh_key::public::OpaquePublicKey::new(
+                vec![0, 0, 0, 1, 7],
+                alg,
+            ));
+            let line = PublicKey::new(data, "").to_openssh().expect("encode");
+            assert!(line.starts_with(name), "{line}");
+            let err = canonicalize(&line).expect_err(&line);
+            assert_eq!(err, KeyRejected::UnknownAlgorithm, "{line}");
+        }
+        // The known ones still pass (sk-* fixtures are not generated here: no authenticator).
+        for body in [ED, RSA, ECDSA] {
+            canonicalize(body).expect("known algorithm");
         }
     }
 

@@ -175,19 +175,33 @@ pub fn journal_datagram(priority: Priority, msg: &str, fields: &[(&str, &str)]) 
     d
 }
 
-/// RFC 3164 line for /dev/log; the structured fields follow the message as `KEY=value` pairs.
+/// Free text in the syslog form: one line, with `\`, `[` and `]` escaped, so no text (an IAM error
+/// message, say) can open or close a field block of its own.
+fn escape_brackets(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in clean(v).chars() {
+        if matches!(c, '\\' | '[' | ']') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// RFC 3164 line for /dev/log; the structured fields follow the message as one `[KEY=value ...]` block,
+/// the only unescaped brackets in the line.
 pub fn syslog_line(priority: Priority, msg: &str, fields: &[(&str, &str)]) -> String {
     let mut line = format!(
         "<{}>{IDENT}[{}]: {}",
         FACILITY_AUTHPRIV * 8 + priority as u8,
         std::process::id(),
-        clean(msg)
+        escape_brackets(msg)
     );
     if !fields.is_empty() {
         line.push_str(" [");
         let pairs: Vec<String> = fields
             .iter()
-            .map(|(k, v)| format!("{k}={}", clean(v).replace(' ', "_")))
+            .map(|(k, v)| format!("{k}={}", escape_brackets(v).replace(' ', "_")))
             .collect();
         line.push_str(&pairs.join(" "));
         line.push(']');
@@ -217,6 +231,34 @@ mod tests {
         let l = syslog_line(Priority::Warning, "m", &[("IAK_SOURCE", "stale cache")]);
         assert!(l.starts_with("<84>iam-authorized-keys["), "{l}");
         assert!(l.ends_with("]: m [IAK_SOURCE=stale_cache]"), "{l}");
+    }
+
+    #[test]
+    fn syslog_free_text_cannot_forge_a_field_block() {
+        // Finding 9 of the hardening review: an IAM error text became a second field block.
+        let evil = "denied] [IAK_USER=root IAK_RESULT=served IAK_KEYS=1";
+        let l = syslog_line(
+            Priority::Err,
+            &format!("no keys for alice: {evil}"),
+            &[("IAK_USER", "alice"), ("IAK_ERROR", evil)],
+        );
+        let body = &l[l.find("]: ").expect("tag") + 3..];
+        let unescaped = |c: char| {
+            let mut n = 0;
+            let mut prev_backslash = false;
+            for ch in body.chars() {
+                if ch == c && !prev_backslash {
+                    n += 1;
+                }
+                prev_backslash = ch == '\\' && !prev_backslash;
+            }
+            n
+        };
+        assert_eq!(unescaped('['), 1, "{l}");
+        assert_eq!(unescaped(']'), 1, "{l}");
+        assert!(body.ends_with(']'), "{l}");
+        assert_eq!(body.matches(" [IAK_").count(), 1, "{l}");
+        assert!(body.contains("[IAK_USER=alice "), "{l}");
     }
 
     #[test]
