@@ -136,10 +136,56 @@ async fn sdk_config(
     (shared, role)
 }
 
+/// Largest IAM response body we read. The largest real answer (5 keys of at most 16 KiB each, one page
+/// of groups) is a few tens of KiB; anything bigger is an attack or a broken endpoint and fails closed
+/// instead of being buffered whole.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Refuses a response whose Content-Length is over [`MAX_RESPONSE_BYTES`], and cuts off a body that grows
+/// past it while it is read (chunked or lying about its length).
+#[derive(Debug)]
+pub struct BoundedResponses;
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for BoundedResponses {
+    fn name(&self) -> &'static str {
+        "BoundedResponses"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let response = context.response_mut();
+        let declared = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(n) = declared.filter(|n| *n > MAX_RESPONSE_BYTES as u64) {
+            return Err(format!(
+                "the response is {n} bytes, more than the {MAX_RESPONSE_BYTES} any IAM answer needs"
+            )
+            .into());
+        }
+        let body = std::mem::replace(
+            response.body_mut(),
+            aws_smithy_types::body::SdkBody::taken(),
+        );
+        *response.body_mut() = body.map(|b| {
+            aws_smithy_types::body::SdkBody::from_body_1_x(http_body_util::Limited::new(
+                b,
+                MAX_RESPONSE_BYTES,
+            ))
+        });
+        Ok(())
+    }
+}
+
 /// Builds the IAM client (see [`sdk_config`]).
 pub async fn client(cfg: &Config, budget: Duration) -> Client {
     let (shared, role) = sdk_config(cfg, budget).await;
-    let mut builder = aws_sdk_iam::config::Builder::from(&shared);
+    let mut builder = aws_sdk_iam::config::Builder::from(&shared).interceptor(BoundedResponses);
     if let Some(p) = role {
         builder = builder.credentials_provider(p);
     }
@@ -226,7 +272,18 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
             }
             msg
         }
-        SdkError::ResponseError(_) => "IAM's response could not be read".to_string(),
+        SdkError::ResponseError(_) => {
+            let mut msg = "IAM's response could not be read".to_string();
+            let mut src = std::error::Error::source(err);
+            while let Some(s) = src {
+                let text = s.to_string();
+                if !msg.ends_with(&text) {
+                    msg = format!("{msg}: {}", crate::username::sanitize(&text));
+                }
+                src = s.source();
+            }
+            msg
+        }
         other => {
             let mut msg = other.to_string();
             let mut src = std::error::Error::source(other);
@@ -761,6 +818,38 @@ mod tests {
         assert!(why.iter().any(|w| w.starts_with("APKAD: deleted")));
         assert!(why.iter().any(|w| w.starts_with("APKAE: duplicate")));
         assert!(why.iter().any(|w| w.starts_with("bad/id: invalid key id")));
+    }
+
+    #[test]
+    fn a_body_growing_past_the_cap_without_a_length_fails_closed() {
+        // Finding 10 of the hardening review: responses were read whole, whatever their size. The
+        // Content-Length case is tested against the real binary (tests/hardening.rs); this is the body
+        // that declares no length (chunked) and is cut off while read.
+        use aws_smithy_runtime_api::http::{Response, StatusCode};
+        use aws_smithy_types::body::SdkBody;
+        let xml = |pad: usize| {
+            format!(
+                "<ListSSHPublicKeysResponse>{}<ListSSHPublicKeysResult><SSHPublicKeys></SSHPublicKeys><IsTruncated>false</IsTruncated></ListSSHPublicKeysResult></ListSSHPublicKeysResponse>",
+                " ".repeat(pad)
+            )
+        };
+        for (pad, ok) in [(1024, true), (MAX_RESPONSE_BYTES + 1, false)] {
+            let body = xml(pad);
+            let rule = mock!(Client::list_ssh_public_keys).then_http_response(move || {
+                Response::new(
+                    StatusCode::try_from(200).expect("200"),
+                    SdkBody::from(body.clone()),
+                )
+            });
+            let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&rule], |b| b
+                .interceptor(BoundedResponses));
+            let r = run(fetch(&c, &alice(), &HashMap::new(), &[]));
+            match (ok, r) {
+                (true, Ok(f)) => assert!(f.keys.is_empty()),
+                (false, Err(e)) => assert!(e.to_string().contains("length limit"), "{e}"),
+                (ok, r) => panic!("pad {pad}: expected ok={ok}, got {r:?}"),
+            }
+        }
     }
 
     #[test]

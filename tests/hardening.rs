@@ -287,3 +287,32 @@ fn finding_2_inode_exhausted_cache_filesystem_still_answers_from_iam() {
         .expect("run");
     assert_eq!(served(&o, &u), vec![canonical(&k)], "{}", stderr(&o));
 }
+
+#[test]
+fn finding_10_oversized_iam_response_fails_closed() {
+    // A well-formed ListSSHPublicKeys answer padded to 4 MiB was read whole (and a 300 MB one too).
+    let c = Case::new();
+    let (u, _) = c.user_with_key("f10big");
+    let answer = |pad: usize| {
+        format!(
+            "<ListSSHPublicKeysResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\">{}<ListSSHPublicKeysResult><SSHPublicKeys></SSHPublicKeys><IsTruncated>false</IsTruncated></ListSSHPublicKeysResult><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></ListSSHPublicKeysResponse>",
+            " ".repeat(pad)
+        )
+    };
+    let fault = |body: String| Fault {
+        status: Some(200),
+        body,
+        only_action: Some("ListSSHPublicKeys".into()),
+        ..Fault::default()
+    };
+    // Under the cap the same shape is an ordinary answer: no active keys.
+    c.proxy.set(fault(answer(64 * 1024)));
+    let small = c.run(&u, &["--no-cache"]);
+    assert!(small.status.success(), "{}", stderr(&small));
+    assert!(small.stdout.is_empty());
+    c.proxy.set(fault(answer(4 << 20)));
+    let big = c.run(&u, &["--no-cache"]);
+    assert_eq!(big.status.code(), Some(4), "{}", stderr(&big));
+    assert!(big.stdout.is_empty());
+    assert!(stderr(&big).contains("more than the"), "{}", stderr(&big));
+}
