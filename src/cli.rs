@@ -246,7 +246,12 @@ pub struct Opts {
     #[arg(long, value_name = "UID", global = true)]
     pub min_uid: Option<String>,
 
-    /// Serve this account even if it is root or below --min-uid (repeatable).
+    /// Accounts with a UID above this (and UID 65534, nobody) are not regular users and never served
+    /// [default: UID_MAX from /etc/login.defs, else 60000].
+    #[arg(long, value_name = "UID", global = true)]
+    pub max_uid: Option<String>,
+
+    /// Serve this account even if it is root, below --min-uid or above --max-uid (repeatable).
     #[arg(long, value_name = "USER", global = true)]
     pub allow_user: Vec<String>,
 

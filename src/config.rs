@@ -134,6 +134,7 @@ const FILE_KEYS: &[&str] = &[
     "allowed-group",
     "name-case",
     "min-uid",
+    "max-uid",
     "allow-user",
     "deny-user",
     "key-options",
@@ -391,6 +392,10 @@ impl Config {
             min_uid: match pick(&cli.min_uid, "min-uid") {
                 Some(v) => parse_uid("min-uid", &v)?,
                 None => 1000,
+            },
+            max_uid: match pick(&cli.max_uid, "max-uid") {
+                Some(v) => Some(parse_uid("max-uid", &v)?),
+                None => None,
             },
             allow: list(&cli.allow_user, "allow-user")
                 .iter()

@@ -39,6 +39,7 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("allowed-group", Kind::List(|o| &mut o.allowed_group)),
     ("name-case", Kind::Text(|o| &mut o.name_case)),
     ("min-uid", Kind::Text(|o| &mut o.min_uid)),
+    ("max-uid", Kind::Text(|o| &mut o.max_uid)),
     ("allow-user", Kind::List(|o| &mut o.allow_user)),
     ("deny-user", Kind::List(|o| &mut o.deny_user)),
     ("uid", Kind::Text(|o| &mut o.uid)),

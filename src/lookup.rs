@@ -170,9 +170,13 @@ pub fn decide(
     log: &Log,
 ) -> Result<Decided, Error> {
     // Local account rules first: a refused account costs no cache read and no IAM call.
-    let verdict = policy::check_account(login.as_str(), cfg.uid, &cfg.accounts, |n| {
-        policy::passwd_uid(std::path::Path::new(policy::PASSWD), n)
-    });
+    let verdict = policy::check_account(
+        login.as_str(),
+        cfg.uid,
+        &cfg.accounts,
+        |n| policy::passwd_uid(std::path::Path::new(policy::PASSWD), n),
+        || policy::login_defs_uid_max(std::path::Path::new(policy::LOGIN_DEFS)),
+    );
     match verdict {
         Verdict::Refused(why) => return Ok(Decided::Refused(why)),
         Verdict::Allowed(why) => log.debug(&format!("account rule: {why}")),

@@ -316,3 +316,34 @@ fn finding_10_oversized_iam_response_fails_closed() {
     assert!(big.stdout.is_empty());
     assert!(stderr(&big).contains("more than the"), "{}", stderr(&big));
 }
+
+#[test]
+fn finding_6_nobody_is_refused_without_an_iam_call() {
+    let c = Case::new();
+    c.iam.user_if_missing("nobody");
+    let k = keygen(c.dir.path(), "nobody-k");
+    c.iam.upload("nobody", &k);
+    let o = c.run("nobody", &["--uid", "65534", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = json(&o);
+    assert_eq!(j["result"], "refused", "{j}");
+    assert!(
+        j["decision"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("overflow UID"),
+        "{j}"
+    );
+    let plain = c.run("nobody", &["--uid", "65534"]);
+    assert!(plain.stdout.is_empty());
+    // Above --max-uid, and served again with --allow-user.
+    let high = c.run("nobody", &["--uid", "4000", "--max-uid", "3999", "--json"]);
+    assert_eq!(json(&high)["result"], "refused");
+    assert_eq!(
+        c.proxy.calls_for("nobody"),
+        0,
+        "a refused account costs no IAM call"
+    );
+    let allowed = c.run("nobody", &["--uid", "65534", "--allow-user", "nobody"]);
+    assert!(served(&allowed, "nobody").contains(&canonical(&k)));
+}

@@ -539,8 +539,14 @@ fn check_user(r: &mut Report, cfg: &Config, login: &LoginName) {
         "mapping",
         format!("Linux login {} -> IAM user {iam_user}", login.as_str()),
     );
-    let uid = passwd_entry(login.as_str()).map(|(u, _)| u);
-    match policy::check_account(login.as_str(), uid, &cfg.accounts, |_| Ok(None)) {
+    // The same passwd reading as a lookup without --uid: a name listed twice or malformed is refused.
+    match policy::check_account(
+        login.as_str(),
+        None,
+        &cfg.accounts,
+        |n| policy::passwd_uid(Path::new(policy::PASSWD), n),
+        || policy::login_defs_uid_max(Path::new(policy::LOGIN_DEFS)),
+    ) {
         Verdict::Allowed(why) => r.ok("account", why),
         Verdict::Refused(why) => r.fail(
             "account",
