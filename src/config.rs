@@ -437,7 +437,7 @@ impl Config {
                     p.display()
                 )));
             }
-            fsutil::check_trusted_file(p)
+            fsutil::check_secret_file(p)
                 .map_err(|e| Error::Config(format!("credentials file: {e}")))?;
         }
         let profile = pick(&cli.profile, "profile");

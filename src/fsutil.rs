@@ -122,31 +122,69 @@ pub fn read_checked(path: &Path, owner: u32) -> Result<Option<Vec<u8>>, Error> {
     let Some((file, meta)) = open_checked(path, OpenOptions::new().read(true), |_| owner)? else {
         return Ok(None);
     };
-    if meta.len() > MAX_READ {
+    read_bounded(path, file, &meta, MAX_READ).map(Some)
+}
+
+/// Owner of a file that configures whom we trust: root, or the user we run as.
+fn trusted_owner(m: &Metadata) -> u32 {
+    if m.uid() == 0 {
+        0
+    } else {
+        euid()
+    }
+}
+
+/// A file that configures who we trust (credentials, config, CA bundle): reached without a final
+/// symlink, a regular file owned by root or by us, not group/world-writable. Anyone who could rewrite it
+/// could point us at their own AWS account, or vouch for a server of theirs, and so plant keys.
+pub fn check_trusted_file(path: &Path) -> Result<(), Error> {
+    open_trusted(path).map(|_| ())
+}
+
+fn open_trusted(path: &Path) -> Result<(File, Metadata), Error> {
+    open_checked(path, OpenOptions::new().read(true), trusted_owner)?
+        .ok_or_else(|| Error::io(path, ErrorKind::NotFound.into()))
+}
+
+/// A trusted file holding a secret (the credentials file): as [`check_trusted_file`], and not readable
+/// by others. Group read stays allowed: a root-owned file reaches the unprivileged command user only
+/// through its group (root:<command user's group>, 0640).
+pub fn check_secret_file(path: &Path) -> Result<(), Error> {
+    let (_, meta) = open_trusted(path)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o004 != 0 {
         return Err(unsafe_path(
             path,
-            format!("is {} bytes, more than {MAX_READ}", meta.len()),
+            format!(
+                "mode {mode:04o} lets every local user read the secret in it; chmod o-r (0600 if the command user owns it, 0640 with its group if root does)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a trusted file (see [`check_trusted_file`]) of at most `max` bytes, checked on the handle it
+/// is read from.
+pub fn read_trusted(path: &Path, max: u64) -> Result<Vec<u8>, Error> {
+    let (file, meta) = open_trusted(path)?;
+    read_bounded(path, file, &meta, max)
+}
+
+fn read_bounded(path: &Path, file: File, meta: &Metadata, max: u64) -> Result<Vec<u8>, Error> {
+    if meta.len() > max {
+        return Err(unsafe_path(
+            path,
+            format!("is {} bytes, more than {max}", meta.len()),
         ));
     }
     let mut buf = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_READ + 1)
+    file.take(max + 1)
         .read_to_end(&mut buf)
         .map_err(|e| Error::io(path, e))?;
-    if buf.len() as u64 > MAX_READ {
+    if buf.len() as u64 > max {
         return Err(unsafe_path(path, "grew past the size limit while reading"));
     }
-    Ok(Some(buf))
-}
-
-/// A file that configures who we trust (credentials, config): reached without a final symlink, a regular
-/// file owned by root or by us, not group/world-writable. Anyone who could rewrite it could point us at
-/// their own AWS account and so plant keys.
-pub fn check_trusted_file(path: &Path) -> Result<(), Error> {
-    let trusted_owner = |m: &Metadata| if m.uid() == 0 { 0 } else { euid() };
-    match open_checked(path, OpenOptions::new().read(true), trusted_owner)? {
-        Some(_) => Ok(()),
-        None => Err(Error::io(path, ErrorKind::NotFound.into())),
-    }
+    Ok(buf)
 }
 
 static TEMP_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -383,6 +421,14 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o620)).expect("chmod");
         assert!(check_trusted_file(&p).is_err());
         assert!(check_trusted_file(&d.path().join("missing")).is_err());
+        // A secret may be group-readable (root:<command user's group> 0640), never world-readable.
+        for (mode, ok) in [(0o600, true), (0o640, true), (0o644, false), (0o620, false)] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            assert_eq!(check_secret_file(&p).is_ok(), ok, "{mode:o}");
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert_eq!(read_trusted(&p, 100).expect("read"), b"[default]");
+        assert!(read_trusted(&p, 3).is_err(), "over the bound");
     }
 
     #[test]

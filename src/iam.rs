@@ -51,31 +51,80 @@ const CA_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
-/// Points the TLS stack at one PEM bundle. Without this, rustls-native-certs also parses every file in
-/// /etc/ssl/certs (milliseconds on every cold lookup). The operator's SSL_CERT_FILE/SSL_CERT_DIR win.
-/// Called before the runtime exists, while the process has one thread.
-pub fn pin_trust_roots(cfg: &Config) {
+/// Largest CA bundle we read (the distributions' are 200-250 KiB).
+const MAX_CA_BUNDLE: u64 = 4 << 20;
+
+/// The trust roots for HTTPS. The operator's SSL_CERT_FILE/SSL_CERT_DIR win when set (manual runs);
+/// otherwise one PEM bundle, `--ca-bundle` or the system's, read through [`fsutil::read_trusted`]
+/// (root- or self-owned, not group/world-writable: a writable bundle lets anyone vouch for their own
+/// endpoint). Only certificates that are valid trust anchors are kept, so a bad entry is skipped rather
+/// than failing the client. Built per client, never through the process environment (sync-users
+/// builds clients on several threads).
+pub fn trust_roots(cfg: &Config) -> Result<aws_smithy_http_client::tls::TlsContext, Error> {
+    use aws_smithy_http_client::tls::{TlsContext, TrustStore};
+    use rustls_pki_types::pem::PemObject;
+    let build = |store: TrustStore| {
+        TlsContext::builder()
+            .with_trust_store(store)
+            .build()
+            .map_err(|e| Error::Config(format!("TLS trust roots: {e}")))
+    };
     if std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some() {
-        return;
+        return build(TrustStore::default());
     }
-    let chosen = match &cfg.ca_bundle {
-        Some(p) => Some(p.clone()),
-        None => CA_BUNDLES
+    let path = match &cfg.ca_bundle {
+        Some(p) => p.clone(),
+        None => match CA_BUNDLES
             .iter()
             .map(std::path::PathBuf::from)
-            .find(|p| p.is_file()),
+            .find(|p| p.is_file())
+        {
+            Some(p) => p,
+            None => {
+                return Err(Error::Config(format!(
+                    "no CA bundle at {}: install ca-certificates or name one with --ca-bundle",
+                    CA_BUNDLES.join(", ")
+                )))
+            }
+        },
     };
-    if let Some(p) = chosen {
-        std::env::set_var("SSL_CERT_FILE", p);
+    let pem = crate::fsutil::read_trusted(&path, MAX_CA_BUNDLE)
+        .map_err(|e| Error::Config(format!("CA bundle: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut kept = String::new();
+    for der in rustls_pki_types::CertificateDer::pem_slice_iter(&pem).flatten() {
+        if roots.add(der.clone()).is_ok() {
+            kept.push_str("-----BEGIN CERTIFICATE-----\n");
+            kept.push_str(&aws_smithy_types::base64::encode(der.as_ref()));
+            kept.push_str("\n-----END CERTIFICATE-----\n");
+        }
     }
+    if roots.is_empty() {
+        return Err(Error::Config(format!(
+            "CA bundle {} holds no usable certificate",
+            path.display()
+        )));
+    }
+    build(
+        TrustStore::empty()
+            .with_native_roots(false)
+            .with_pem_certificate(kept.into_bytes()),
+    )
 }
 
-/// The HTTPS client for IAM, STS and IMDS: rustls with ring, trust roots from the system store
-/// (`/etc/ssl/certs/ca-certificates.crt` and the other usual places, or SSL_CERT_FILE).
+/// The HTTPS client for IAM, STS and IMDS with the system's native roots (tests against plain HTTP).
 pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    http_client_with(aws_smithy_http_client::tls::TlsContext::default())
+}
+
+/// The HTTPS client for IAM, STS and IMDS: rustls with ring, trusting `tls`'s roots.
+pub fn http_client_with(
+    tls: aws_smithy_http_client::tls::TlsContext,
+) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
     aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .tls_context(tls)
         .build_https()
 }
 
@@ -85,16 +134,19 @@ pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
 async fn sdk_config(
     cfg: &Config,
     budget: Duration,
-) -> (
-    aws_config::SdkConfig,
-    Option<aws_credential_types::provider::SharedCredentialsProvider>,
-) {
+) -> Result<
+    (
+        aws_config::SdkConfig,
+        Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    ),
+    Error,
+> {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(budget.min(Duration::from_secs(1)))
         .operation_timeout(budget)
         .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http_client())
+        .http_client(http_client_with(trust_roots(cfg)?))
         .region(aws_config::Region::new(cfg.region.clone()))
         .timeout_config(timeouts)
         .retry_config(
@@ -133,7 +185,7 @@ async fn sdk_config(
             aws_credential_types::provider::SharedCredentialsProvider::new(provider.build().await),
         );
     }
-    (shared, role)
+    Ok((shared, role))
 }
 
 /// Largest IAM response body we read. The largest real answer (5 keys of at most 16 KiB each, one page
@@ -183,8 +235,8 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for BoundedResponse
 }
 
 /// Builds the IAM client (see [`sdk_config`]).
-pub async fn client(cfg: &Config, budget: Duration) -> Client {
-    let (shared, role) = sdk_config(cfg, budget).await;
+pub async fn client(cfg: &Config, budget: Duration) -> Result<Client, Error> {
+    let (shared, role) = sdk_config(cfg, budget).await?;
     let mut builder = aws_sdk_iam::config::Builder::from(&shared).interceptor(BoundedResponses);
     if let Some(p) = role {
         builder = builder.credentials_provider(p);
@@ -192,13 +244,13 @@ pub async fn client(cfg: &Config, budget: Duration) -> Client {
     if let Some(url) = &cfg.endpoint_url {
         builder = builder.endpoint_url(url);
     }
-    Client::from_conf(builder.build())
+    Ok(Client::from_conf(builder.build()))
 }
 
 /// For `doctor`: which provider in the chain gave credentials and what kind they are (never the secret).
 pub async fn describe_credentials(cfg: &Config, budget: Duration) -> Result<String, String> {
     use aws_credential_types::provider::ProvideCredentials;
-    let (shared, role) = sdk_config(cfg, budget).await;
+    let (shared, role) = sdk_config(cfg, budget).await.map_err(|e| e.to_string())?;
     let provider = role
         .or_else(|| shared.credentials_provider())
         .ok_or("no credentials provider is configured")?;

@@ -428,7 +428,7 @@ fn ask_iam(
         return Err(Error::Deadline(cfg.timeout.as_millis()));
     }
     with_runtime(cfg, budget, async {
-        let client = iam::client(cfg, budget).await;
+        let client = iam::client(cfg, budget).await?;
         iam::fetch(&client, login.iam_user(), known, &cfg.allowed_groups).await
     })
 }
@@ -439,7 +439,6 @@ pub fn with_runtime<T>(
     budget: Duration,
     work: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    iam::pin_trust_roots(cfg);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -115,7 +115,7 @@ for u in iakbplain iakbiam; do useradd --no-create-home --home-dir / --shell /bi
 useradd --system --no-create-home --shell /usr/sbin/nologin iakbsvc
 install -d -m 0755 "$S/bin" "$S/keys"; install -m 0755 "$BIN" "$S/bin/iam-authorized-keys"
 install -d -m 0700 -o iakbsvc "$S/cache"
-install -m 0644 "$W/credentials" "$S/credentials"
+install -m 0640 -g iakbsvc "$W/credentials" "$S/credentials"
 ssh-keygen -q -t ed25519 -N '' -f "$S/hostkey"
 ssh-keygen -q -t ed25519 -N '' -f "$S/userkey"
 install -m 0644 "$S/userkey.pub" "$S/keys/iakbplain"

@@ -48,7 +48,7 @@ iam() { "$PY" "$HERE/iam_admin.py" "$MOTO_URL" "$@"; }
 PORT=$(free_port)
 private_sshd_config "$PORT" "${USERS[@]}"
 test_credentials "$E/credentials"
-chmod 0644 "$E/credentials"
+chmod 0640 "$E/credentials"   # the command user reads it through its group (set after install.sh)
 # Root-owned config file: key options are read from it on every lookup (quotes cannot go in sshd_config).
 : > "$E/iak.conf"
 
@@ -56,6 +56,7 @@ chmod 0644 "$E/credentials"
     --sshd-config "$E/sshd_config" --sshd-config-dir "$E/sshd_config.d" --no-reload \
     --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" \
     --ttl 3 --negative-ttl 1 --max-stale 9 --timeout 2 --config "$E/iak.conf"
+chgrp "$(id -gn "$SVC")" "$E/credentials"
 grep -q "^Include $E/sshd_config.d/\*.conf" "$E/sshd_config" || fail "install.sh did not add the Include line"
 grep -q "^AuthorizedKeysCommandUser $SVC$" "$E/sshd_config.d/50-iam-authorized-keys.conf" || fail "drop-in user"
 [ "$(stat -c '%U %a' "$E/cache")" = "$SVC 700" ] || fail "cache dir owner/mode: $(stat -c '%U %a' "$E/cache")"

@@ -347,3 +347,76 @@ fn finding_6_nobody_is_refused_without_an_iam_call() {
     let allowed = c.run("nobody", &["--uid", "65534", "--allow-user", "nobody"]);
     assert!(served(&allowed, "nobody").contains(&canonical(&k)));
 }
+
+#[test]
+fn finding_4_ca_bundle_is_checked_like_the_other_trusted_files() {
+    // A world-writable --ca-bundle was used as is: whoever could write it could vouch for their own
+    // endpoint. Checked now like --config and --credentials-file, on the handle it is read from.
+    let c = Case::new();
+    let (u, k) = c.user_with_key("f4ca");
+    let bundle = c.dir.path().join("bundle.pem");
+    std::fs::copy("/etc/ssl/certs/ca-certificates.crt", &bundle)
+        .expect("the system CA bundle (ca-certificates)");
+    let ca = bundle.to_str().expect("utf8");
+    std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert_eq!(
+        served(&c.run(&u, &["--no-cache", "--ca-bundle", ca]), &u),
+        vec![canonical(&k)]
+    );
+    std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let o = c.run(&u, &["--no-cache", "--ca-bundle", ca]);
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    assert!(
+        stderr(&o).contains("CA bundle") && stderr(&o).contains("world-writable"),
+        "{}",
+        stderr(&o)
+    );
+    // A symlink to it is refused too, and a bundle with one garbage entry keeps the good ones.
+    std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let link = c.dir.path().join("link.pem");
+    std::os::unix::fs::symlink(&bundle, &link).expect("symlink");
+    let o = c.run(
+        &u,
+        &["--no-cache", "--ca-bundle", link.to_str().expect("utf8")],
+    );
+    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    let mut text = std::fs::read_to_string(&bundle).expect("read");
+    text.insert_str(
+        0,
+        "-----BEGIN CERTIFICATE-----\nMIIBnotacertificate\n-----END CERTIFICATE-----\n",
+    );
+    std::fs::write(&bundle, text).expect("write");
+    assert_eq!(
+        served(&c.run(&u, &["--no-cache", "--ca-bundle", ca]), &u),
+        vec![canonical(&k)]
+    );
+}
+
+#[test]
+fn finding_4_world_readable_credentials_file_is_refused() {
+    let c = Case::new();
+    let (u, k) = c.user_with_key("f4creds");
+    let creds = c.dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .expect("write");
+    let path = creds.to_str().expect("utf8");
+    for (mode, ok) in [(0o600, true), (0o640, true), (0o644, false), (0o604, false)] {
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let o = c.run(&u, &["--no-cache", "--credentials-file", path]);
+        if ok {
+            assert_eq!(served(&o, &u), vec![canonical(&k)], "{mode:o}");
+        } else {
+            assert_eq!(o.status.code(), Some(3), "{mode:o}: {}", stderr(&o));
+            assert!(o.stdout.is_empty());
+            assert!(
+                stderr(&o).contains("every local user read"),
+                "{}",
+                stderr(&o)
+            );
+        }
+    }
+}

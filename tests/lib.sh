@@ -45,8 +45,10 @@ CONF
 }
 
 # test_credentials FILE: a shared credentials file moto accepts.
+# Created 0600: a world-readable credentials file is refused (it holds a secret); a test that runs the
+# command as another user gives that user's group read access (0640), as an operator would.
 test_credentials() {
-    printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$1"
+    (umask 077; printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$1")
 }
 
 # ssh_login KEYFILE USER: a real ssh login to the private sshd on $PORT running `true`.

@@ -48,6 +48,7 @@ test_credentials "$E/credentials"
     --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" --timeout 3 \
     --with-sync --sync-group "$GROUP" --sudo-group "$SUDO" --remove-after 3 --managed-group "$MARK" \
     --sudoers-file "$SUDOERS" --sync-state "$STATE" 2>"$E/install.log" || fail "install: $(cat "$E/install.log")"
+chgrp "$(id -gn "$SVC")" "$E/credentials" && chmod 0640 "$E/credentials"
 UNIT=/etc/systemd/system/$SVC-sync.service
 [ -f "$UNIT" ] && [ -L "/etc/systemd/system/timers.target.wants/$SVC-sync.timer" ] || fail "sync units not installed"
 grep -q '^RandomizedDelaySec=' "/etc/systemd/system/$SVC-sync.timer" && grep -q '^OnBootSec=' "/etc/systemd/system/$SVC-sync.timer" ||

@@ -373,7 +373,7 @@ pub fn run(args: &DoctorArgs, own: &Config, _log: &Log) -> Result<(), Error> {
     let budget = cfg.timeout.max(Duration::from_secs(5));
     let probed = lookup::with_runtime(&cfg, budget, async {
         let creds = iam::describe_credentials(&cfg, budget).await;
-        let client = iam::client(&cfg, budget).await;
+        let client = iam::client(&cfg, budget).await?;
         Ok((creds, iam::probe(&client).await))
     });
     match probed {
@@ -557,7 +557,7 @@ fn check_user(r: &mut Report, cfg: &Config, login: &LoginName) {
     // What IAM says now, bypassing the cache.
     let budget = cfg.timeout.max(Duration::from_secs(5));
     let fetched = lookup::with_runtime(cfg, budget, async {
-        let client = iam::client(cfg, budget).await;
+        let client = iam::client(cfg, budget).await?;
         iam::fetch(&client, iam_user, &HashMap::new(), &cfg.allowed_groups).await
     });
     let iam_ids: Option<Vec<String>> = match fetched {

@@ -204,7 +204,7 @@ pub fn run(args: &SyncArgs, cfg: &Config, log: &Log) -> Result<(), Error> {
             let budget = cfg.timeout.max(Duration::from_secs(10));
             Arc::new(
                 lookup::with_runtime(cfg, budget, async {
-                    let client = iam::client(cfg, budget).await;
+                    let client = iam::client(cfg, budget).await?;
                     iam::group_members(&client, g).await
                 })
                 .map_err(|e| e.to_string()),
