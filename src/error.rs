@@ -40,6 +40,11 @@ pub enum Error {
 
     #[error("sync-users finished with {0} error(s); see above")]
     Sync(usize),
+
+    #[error(
+        "a lookup held the lock of {0} for the whole --timeout; the record was kept: try again"
+    )]
+    LockBusy(String),
 }
 
 impl Error {
@@ -61,7 +66,8 @@ impl Error {
             | Error::Unsafe { .. }
             | Error::Stdout(_)
             | Error::Checks(_)
-            | Error::Sync(_) => 1,
+            | Error::Sync(_)
+            | Error::LockBusy(_) => 1,
         })
     }
 }

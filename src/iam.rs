@@ -41,6 +41,9 @@ pub struct Fetched {
     pub calls: u32,
     /// The user's IAM groups, when the group rule asked for them.
     pub groups: Option<Vec<String>>,
+    /// The user name as IAM spells it in the key metadata (IAM finds users regardless of case), when it
+    /// listed any key.
+    pub iam_name: Option<String>,
 }
 
 /// Where distributions keep the system's PEM bundle of trust roots: Debian, Ubuntu, Flatcar and Alpine;
@@ -348,6 +351,9 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
     }
 }
 
+/// One listed key: id, upload date, the user name as IAM spells it, and whether it is active.
+type ListedKey = (String, Option<String>, String, bool);
+
 /// One page of a paginated IAM list: its items, and whether (and where) it continues.
 struct Page<T> {
     items: Vec<T>,
@@ -390,11 +396,11 @@ where
 }
 
 /// Every page of ListSSHPublicKeys: the active keys' (id, upload date), or `None` for NoSuchEntity.
-async fn list_active_keys(
+async fn list_keys(
     client: &Client,
     user: &IamUser,
     calls: &mut u32,
-) -> Result<Option<Vec<(String, Option<String>)>>, Error> {
+) -> Result<Option<Vec<ListedKey>>, Error> {
     let what = format!("ListSSHPublicKeys for {user}");
     all_pages(&what, calls, |marker| async move {
         match client
@@ -408,11 +414,12 @@ async fn list_active_keys(
                 items: p
                     .ssh_public_keys()
                     .iter()
-                    .filter(|m| m.status() == &StatusType::Active)
                     .map(|m| {
                         (
                             m.ssh_public_key_id().to_string(),
                             Some(m.upload_date().to_string()),
+                            m.user_name().to_string(),
+                            m.status() == &StatusType::Active,
                         )
                     })
                     .collect(),
@@ -505,7 +512,7 @@ pub async fn fetch(
     allowed_groups: &[String],
 ) -> Result<Fetched, Error> {
     let (mut key_calls, mut group_calls) = (0u32, 0u32);
-    let (listed, groups) = tokio::join!(list_active_keys(client, user, &mut key_calls), async {
+    let (listed, groups) = tokio::join!(list_keys(client, user, &mut key_calls), async {
         if allowed_groups.is_empty() {
             Ok(Some(Vec::new()))
         } else {
@@ -514,16 +521,26 @@ pub async fn fetch(
     });
     let mut calls = key_calls + group_calls;
     let (listed, groups) = (listed?, groups?);
+    let iam_name = listed
+        .iter()
+        .flatten()
+        .map(|(_, _, name, _)| name.clone())
+        .find(|n| !n.is_empty());
     let answer = |outcome, groups, calls| Fetched {
         outcome,
         keys: Vec::new(),
         rejected: Vec::new(),
         calls,
         groups,
+        iam_name: iam_name.clone(),
     };
-    let (Some(active), Some(groups)) = (listed, groups) else {
+    let (Some(listed), Some(groups)) = (listed, groups) else {
         return Ok(answer(Outcome::NoSuchUser, None, calls));
     };
+    let active = listed
+        .into_iter()
+        .filter(|(_, _, _, active)| *active)
+        .map(|(id, uploaded, _, _)| (id, uploaded));
     let groups = (!allowed_groups.is_empty()).then_some(groups);
     if let Some(g) = &groups {
         if let Some(crate::policy::Verdict::Refused(_)) =
@@ -620,6 +637,7 @@ pub async fn fetch(
         rejected,
         calls,
         groups,
+        iam_name,
     })
 }
 
@@ -708,6 +726,32 @@ mod tests {
         assert_eq!(ids, ["APKAB", "APKAA"]);
         assert_eq!(f.calls, 3);
         assert_eq!((ga.num_calls(), gb.num_calls()), (1, 1));
+    }
+
+    #[test]
+    fn reports_the_user_name_as_iam_spells_it() {
+        // IAM finds users regardless of case: asked for alice, it answers with Alice's metadata. The
+        // spelling is reported so --name-case preserve can refuse the other-cased login (finding 11).
+        let spelled = SshPublicKeyMetadata::builder()
+            .user_name("Alice")
+            .ssh_public_key_id("APKAI")
+            .status(StatusType::Inactive)
+            .upload_date(aws_sdk_iam::primitives::DateTime::from_secs(1_700_000_000))
+            .build()
+            .expect("metadata");
+        let l = list(vec![spelled]);
+        let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&l]);
+        let f = run(fetch(&c, &alice(), &HashMap::new(), &[])).expect("fetch");
+        assert_eq!(
+            f.iam_name.as_deref(),
+            Some("Alice"),
+            "inactive keys spell it too"
+        );
+        assert!(f.keys.is_empty());
+        let none = list(Vec::new());
+        let c = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&none]);
+        let f = run(fetch(&c, &alice(), &HashMap::new(), &[])).expect("fetch");
+        assert_eq!(f.iam_name, None);
     }
 
     #[test]

@@ -353,7 +353,10 @@ pub fn lookup(
         .map(|l| l.keys.iter().map(|k| (k.id.clone(), k.clone())).collect())
         .unwrap_or_default();
     match ask_iam(cfg, login, &known, deadline) {
-        Ok(fetched) => {
+        Ok(mut fetched) => {
+            if let Some(why) = exact_name_rule(cfg.name_case, user, &mut fetched) {
+                log.warn_limited("name-case", user.as_str(), &why);
+            }
             for (id, why) in &fetched.rejected {
                 log.warn_limited(
                     &format!("rejected-key {id}"),
@@ -397,6 +400,32 @@ pub fn lookup(
             stale_or_fail(cached, judgement, e, log)
         }
     }
+}
+
+/// Under `--name-case preserve`, Linux `alice` and `Alice` are two accounts, but IAM finds user `Alice`
+/// by either spelling (its names are unique regardless of case). An answer whose key metadata spells the
+/// user otherwise than the login asked is therefore not this login's: it becomes "no such IAM user"
+/// (cached as a negative answer). Under `fold` every Linux name is lower case and maps to one IAM user,
+/// so IAM's spelling does not matter.
+fn exact_name_rule(
+    case: crate::username::NameCase,
+    user: &crate::username::IamUser,
+    fetched: &mut iam::Fetched,
+) -> Option<String> {
+    let spelled = fetched.iam_name.as_deref()?;
+    if case != crate::username::NameCase::Preserve || spelled == user.as_str() {
+        return None;
+    }
+    let why = format!(
+        "IAM spells this user {}, not {user}: under --name-case preserve only the Linux account {} is served from it",
+        crate::username::sanitize(spelled),
+        crate::username::sanitize(spelled)
+    );
+    fetched.outcome = Outcome::NoSuchUser;
+    fetched.keys.clear();
+    fetched.rejected.clear();
+    fetched.groups = None;
+    Some(why)
 }
 
 /// Takes `user`'s lock, waiting until `deadline` when another process holds it. `Ok(None)`: still held
@@ -537,6 +566,44 @@ mod tests {
         ];
         for (rec, fr, want) in cases {
             assert_eq!(judge(*rec, now, fr), *want, "{rec:?} {fr:?}");
+        }
+    }
+
+    #[test]
+    fn finding_11_preserve_serves_an_iam_user_only_to_its_exact_spelling() {
+        use crate::username::{IamUser, NameCase};
+        let key = crate::keys::canonicalize(include_str!("../tests/fixtures/ed25519.pub"))
+            .expect("fixture");
+        let fetched = |name: Option<&str>| iam::Fetched {
+            outcome: Outcome::Keys,
+            keys: vec![ServedKey {
+                id: "APKA1".into(),
+                key: key.clone(),
+                uploaded: None,
+            }],
+            rejected: Vec::new(),
+            calls: 1,
+            groups: None,
+            iam_name: name.map(str::to_string),
+        };
+        let lower = IamUser::parse("alice").expect("name");
+        let upper = IamUser::parse("Alice").expect("name");
+        type Case<'a> = (NameCase, &'a IamUser, Option<&'a str>, bool);
+        let cases: &[Case] = &[
+            (NameCase::Preserve, &lower, Some("Alice"), false),
+            (NameCase::Preserve, &upper, Some("Alice"), true),
+            (NameCase::Preserve, &lower, Some("alice"), true),
+            (NameCase::Preserve, &lower, None, true),
+            (NameCase::Fold, &lower, Some("Alice"), true),
+        ];
+        for (case, user, spelled, served) in cases {
+            let mut f = fetched(*spelled);
+            let why = exact_name_rule(*case, user, &mut f);
+            assert_eq!(!f.keys.is_empty(), *served, "{case:?} {user} {spelled:?}");
+            assert_eq!(why.is_none(), *served);
+            if !served {
+                assert_eq!(f.outcome, Outcome::NoSuchUser);
+            }
         }
     }
 }

@@ -420,3 +420,29 @@ fn finding_4_world_readable_credentials_file_is_refused() {
         }
     }
 }
+
+#[test]
+fn finding_11_cache_purge_keeps_the_record_when_the_lock_stays_busy() {
+    // `cache purge` deleted the record even when it timed out waiting for a lookup's lock, so the
+    // lookup in flight wrote it back behind the admin's back.
+    let c = Case::new();
+    let (u, k) = c.user_with_key("f11purge");
+    assert_eq!(served(&c.run(&u, &[]), &u), vec![canonical(&k)]);
+    let purge = || {
+        Command::new(BIN)
+            .args(["cache", "purge", "--timeout", "300ms", "--cache-dir"])
+            .arg(c.cache())
+            .arg(&u)
+            .output()
+            .expect("purge")
+    };
+    let held = hold_lock(&c.cache(), &u);
+    let o = purge();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(c.record(&u).exists(), "purged under a lookup's lock");
+    assert!(stderr(&o).contains("the record was kept"), "{}", stderr(&o));
+    drop(held);
+    let o = purge();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!c.record(&u).exists());
+}

@@ -151,4 +151,14 @@ ${EXEC/--remove-after 3/--remove-after 1 --remove delete} --json > "$E/r5.json" 
 ! getent passwd "$S2" >/dev/null && [ ! -e "/home/$S2" ] || fail "--remove delete left the account or its home"
 getent passwd "$S1" "$S3" "$S4" >/dev/null || fail "--remove delete touched another account"
 pass "--remove delete removes the account and its home, and nothing else"
+
+# --- hardening #12 finding 5: root never creates the cache directory (it would be root's) ---------------
+NOCACHE=$E/nocache
+if ${EXEC/--cache-dir $E\/cache/--cache-dir $NOCACHE} --json > "$E/r6.json" 2>"$E/r6.err"; then
+    fail "sync with a missing cache directory exited 0"
+fi
+[ ! -e "$NOCACHE" ] || fail "sync-users created the cache directory as $(stat -c %U "$NOCACHE")"
+grep -q "keys not prefetched: cache directory $NOCACHE" "$E/r6.json" "$E/r6.err" ||
+    fail "no clear message for the missing cache directory: $(cat "$E/r6.json" "$E/r6.err")"
+pass "a missing cache directory: keys not prefetched, the directory not created by root, non-zero exit"
 echo "sync: ${PASSED} passed, 0 failed"

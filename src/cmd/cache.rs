@@ -159,15 +159,21 @@ fn purge(users: &[OsString], all: bool, cfg: &Config) -> Result<(), Error> {
     let cache = cache_of(cfg)?;
     let targets = targets(&cache, users, all, cfg)?;
     let mut removed = Vec::new();
+    let mut busy = Vec::new();
     for u in &targets {
-        // Under the user's lock, so a lookup in flight does not write the record back behind us.
-        let _lock = cache.lock(u, Instant::now() + cfg.timeout)?;
-        if cache.purge(u)? {
-            removed.push(u.as_str().to_string());
+        // Under the user's lock, so a lookup in flight does not write the record back behind us. A lock
+        // still held at the deadline means exactly that lookup: the record is kept, and we say so.
+        match cache.lock(u, Instant::now() + cfg.timeout)? {
+            Some(_lock) => {
+                if cache.purge(u)? {
+                    removed.push(u.as_str().to_string());
+                }
+            }
+            None => busy.push(u.as_str().to_string()),
         }
     }
     output::emit(&if cfg.json {
-        let mut s = serde_json::to_string_pretty(&json!({"removed": removed}))
+        let mut s = serde_json::to_string_pretty(&json!({"removed": removed, "kept_busy": busy}))
             .unwrap_or_else(|_| "{}".into());
         s.push('\n');
         s
@@ -178,7 +184,12 @@ fn purge(users: &[OsString], all: bool, cfg: &Config) -> Result<(), Error> {
             if removed.is_empty() { "" } else { ": " },
             removed.join(", ")
         )
-    })
+    })?;
+    if busy.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::LockBusy(busy.join(", ")))
+    }
 }
 
 /// Fetches `login`'s answer into the cache unless fresh, through the same path as a login (account rules

@@ -355,7 +355,23 @@ pub fn run(args: &SyncArgs, cfg: &Config, log: &Log) -> Result<(), Error> {
     };
 
     // --- prefetch keys so the first login is warm (parallel; moka: one lookup per user per run) ----------
-    if !args.dry_run && cfg.cache_dir.is_some() {
+    // Only into a cache directory that exists: one root created would be root's, and the sshd command
+    // user would refuse it (records written here are handed to the directory's owner).
+    let cache_ready = match cfg.cache_dir.as_deref() {
+        Some(dir) if !args.dry_run => match fsutil::check_dir(dir) {
+            Ok(_) => true,
+            Err(e) => {
+                rep.errors.push(format!(
+                    "keys not prefetched: cache directory {e}; create it owned by the AuthorizedKeysCommandUser \
+                     (install.sh does; by hand: install -d -m 0700 -o USER {})",
+                    dir.display()
+                ));
+                false
+            }
+        },
+        _ => false,
+    };
+    if cache_ready {
         let lookups: moka::sync::Cache<String, Arc<serde_json::Value>> =
             moka::sync::Cache::new(4096);
         let todo: Vec<(&String, &IamUser)> = wanted
