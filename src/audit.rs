@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use crate::chain::Chained;
 use crate::cli::Cli;
 use crate::error::Error;
 use crate::log::{Log, Priority};
@@ -55,6 +56,7 @@ pub fn event(
     offered: &Offered,
     decided: Option<&Decided>,
     failed: Option<&Error>,
+    chained: Option<&Chained>,
     started: Instant,
 ) {
     let ms = started.elapsed().as_millis().to_string();
@@ -154,6 +156,34 @@ pub fn event(
             )
         }
     };
+    let mut msg = msg;
+    if let Some(c) = chained {
+        let hit = offered
+            .fingerprint
+            .as_ref()
+            .is_some_and(|fp| c.keys.iter().any(|k| &k.key.fingerprint() == fp));
+        f.extend([
+            ("IAK_CHAIN", c.name.clone()),
+            ("IAK_CHAIN_RESULT", c.result().to_string()),
+            ("IAK_CHAIN_KEYS", c.keys.len().to_string()),
+            ("IAK_CHAIN_DROPPED", c.dropped.len().to_string()),
+        ]);
+        if hit {
+            let by_chain = format!("chain:{}", c.name);
+            match f.iter_mut().find(|(k, _)| *k == "IAK_OFFERED_MATCH") {
+                Some(m) if m.1 == "none" => m.1 = by_chain,
+                Some(_) => {}
+                None => f.push(("IAK_OFFERED_MATCH", by_chain)),
+            }
+        }
+        msg.push_str(&format!(
+            "; chained {}: {} key(s), {}{}",
+            c.name,
+            c.keys.len(),
+            c.result(),
+            if hit { ", offered key among them" } else { "" }
+        ));
+    }
     let fields: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
     log.event(priority, &msg, &fields);
 }

@@ -280,6 +280,15 @@ pub struct Opts {
     #[arg(long, value_name = "PATH", global = true)]
     pub syslog_socket: Option<PathBuf>,
 
+    /// Also run this AuthorizedKeysCommand (the one in effect before ours, e.g. EC2 Instance Connect's
+    /// or SSSD's) and print its keys after ours; checked as sshd checks a command.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub chain: Option<PathBuf>,
+
+    /// An argument of the --chain command (repeatable, in order); sshd expands %u, %f, ... in it.
+    #[arg(long, value_name = "ARG", global = true, allow_hyphen_values = true)]
+    pub chain_arg: Vec<String>,
+
     /// Explain each step on stderr (-vv for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,

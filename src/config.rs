@@ -44,6 +44,8 @@ pub struct Config {
     pub allowed_groups: Vec<String>,
     pub key_options: Option<KeyOptions>,
     pub key_expiry: bool,
+    /// The command in effect before ours, run beside the lookup.
+    pub chain: Option<crate::chain::ChainCommand>,
     pub verbose: u8,
     pub json: bool,
 }
@@ -139,6 +141,8 @@ const FILE_KEYS: &[&str] = &[
     "deny-user",
     "key-options",
     "key-expiry",
+    "chain",
+    "chain-arg",
 ];
 
 /// Reads a config file that only root can have written: root-owned, not group/world-writable, a
@@ -442,6 +446,23 @@ impl Config {
         }
         let profile = pick(&cli.profile, "profile");
         let ca_bundle = pick_path(&cli.ca_bundle, "ca-bundle");
+        let chain_args = list(&cli.chain_arg, "chain-arg");
+        let chain = match pick_path(&cli.chain, "chain") {
+            Some(program) if program.is_absolute() => Some(crate::chain::ChainCommand {
+                program,
+                args: chain_args,
+            }),
+            Some(program) => {
+                return Err(Error::Config(format!(
+                    "--chain {} must be an absolute path (sshd requires one for a command)",
+                    program.display()
+                )))
+            }
+            None if !chain_args.is_empty() => {
+                return Err(Error::Config("--chain-arg needs --chain".into()))
+            }
+            None => None,
+        };
         Ok(Config {
             freshness,
             timeout,
@@ -459,6 +480,7 @@ impl Config {
             allowed_groups,
             key_options,
             key_expiry,
+            chain,
             verbose: cli.verbose,
             json: cli.json,
         })

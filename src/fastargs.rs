@@ -45,6 +45,8 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("uid", Kind::Text(|o| &mut o.uid)),
     ("key-options", Kind::Text(|o| &mut o.key_options)),
     ("key-expiry", Kind::Flag(|o| &mut o.key_expiry)),
+    ("chain", Kind::Path(|o| &mut o.chain)),
+    ("chain-arg", Kind::List(|o| &mut o.chain_arg)),
     ("journal-socket", Kind::Path(|o| &mut o.journal_socket)),
     ("syslog-socket", Kind::Path(|o| &mut o.syslog_socket)),
     ("json", Kind::Flag(|o| &mut o.json)),

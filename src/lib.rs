@@ -6,6 +6,7 @@
 //! - `cmd`: the admin commands (doctor, cache, sync-users, map, docs)
 //! - `cli` (clap definitions), `fastargs` (choosing the parser), `config` (checked options)
 //! - `username`, `policy`, `keys`, `keyopts`, `iam`, `cache`, `fsutil`, `output`, `log`, `error`
+//! - `chain`: the AuthorizedKeysCommand that was in effect before ours, run beside our lookup
 //!
 //! The warm path (a fresh cache record) is `fastargs` -> `config` -> `username` -> `policy` -> `lookup`
 //! -> `cache` -> `output`, all synchronous: no tokio runtime, no AWS configuration. Only a miss reaches `iam`.
@@ -13,6 +14,7 @@
 pub mod app;
 pub mod audit;
 pub mod cache;
+pub mod chain;
 pub mod cli;
 pub mod cmd;
 pub mod config;

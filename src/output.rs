@@ -44,15 +44,15 @@ pub fn render_keys(answer: &Answer, login: &LoginName, options: Option<&str>) ->
         .collect()
 }
 
-fn pretty(v: &serde_json::Value) -> String {
+pub fn pretty(v: &serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".to_string());
     s.push('\n');
     s
 }
 
 /// `--json` for an account the local rules refuse (no IAM call was made).
-pub fn render_refusal_json(login: &LoginName, why: &str) -> String {
-    pretty(&json!({
+pub fn render_refusal_json(login: &LoginName, why: &str) -> serde_json::Value {
+    json!({
         "user": login.as_str(),
         "iam_user": login.iam_user().as_str(),
         "result": "refused",
@@ -60,7 +60,51 @@ pub fn render_refusal_json(login: &LoginName, why: &str) -> String {
         "source": "policy",
         "iam_calls": 0,
         "keys": [],
-    }))
+    })
+}
+
+/// `--json` when our lookup failed but a chained command answered (its keys are served alone).
+pub fn render_failure_json(login: &LoginName, err: &Error) -> serde_json::Value {
+    json!({
+        "user": login.as_str(),
+        "iam_user": login.iam_user().as_str(),
+        "result": "failed",
+        "error": err.to_string(),
+        "source": "none",
+        "keys": [],
+    })
+}
+
+/// Adds what the chained command gave (`chained`: its result, keys with their lines, dropped lines).
+pub fn with_chained(
+    mut v: serde_json::Value,
+    chained: Option<&crate::chain::Chained>,
+) -> serde_json::Value {
+    if let (Some(c), Some(obj)) = (chained, v.as_object_mut()) {
+        let keys: Vec<_> = c
+            .keys
+            .iter()
+            .map(|k| {
+                json!({
+                    "algorithm": k.key.algorithm(),
+                    "fingerprint": k.key.fingerprint(),
+                    "options": k.options.as_ref().map(|o| o.as_str()),
+                })
+            })
+            .collect();
+        obj.insert(
+            "chained".into(),
+            json!({
+                "command": c.name,
+                "result": c.result(),
+                "error": c.error,
+                "keys": keys,
+                "dropped": c.dropped,
+                "lines": c.lines().lines().collect::<Vec<_>>(),
+            }),
+        );
+    }
+    v
 }
 
 /// One row of `map`: the name, its reading as a Linux name, its reading as an IAM name.
@@ -106,7 +150,7 @@ pub fn render_json(
     login: &LoginName,
     options: Option<&str>,
     decision: &str,
-) -> String {
+) -> serde_json::Value {
     let keys: Vec<_> = answer
         .keys
         .iter()
@@ -139,7 +183,7 @@ pub fn render_json(
         "keys": keys,
         "rejected_keys": refused,
     });
-    pretty(&v)
+    v
 }
 
 /// Writes `text` to stdout in one locked write.

@@ -62,7 +62,7 @@ wait_port "$MOTO_PORT" 30 || fail "moto did not start: $(cat target/moto.log)"
 export IAK_MOTO_URL=http://127.0.0.1:$MOTO_PORT
 
 step "integration (real binary against moto)"
-cargo test --locked --test moto --test access --test ops --test hardening
+cargo test --locked --test moto --test access --test ops --test hardening --test chain
 
 step "static release binary"
 cargo build --locked --release --target "$TARGET"
