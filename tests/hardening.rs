@@ -64,6 +64,23 @@ fn age_record(path: &Path, secs: u64) {
     std::fs::write(path, serde_json::to_vec(&rec).expect("enc")).expect("write");
 }
 
+/// Marks the user's one key Inactive in IAM.
+fn deactivate_only_key(c: &Case, user: &str) {
+    let id = c.iam.rt.block_on(async {
+        c.iam
+            .client
+            .list_ssh_public_keys()
+            .user_name(user)
+            .send()
+            .await
+            .expect("list")
+            .ssh_public_keys()[0]
+            .ssh_public_key_id()
+            .to_string()
+    });
+    c.iam.deactivate(user, &id);
+}
+
 /// Holds `user`'s lock in this process, as a concurrent lookup would.
 fn hold_lock(cache: &Path, user: &str) -> File {
     let f = std::fs::OpenOptions::new()
@@ -83,19 +100,7 @@ fn finding_1_waiter_does_not_serve_a_revoked_key_when_the_holder_got_an_answer()
     let c = Case::new();
     let (u, k) = c.user_with_key("f1holder");
     assert_eq!(served(&c.run(&u, &[]), &u), vec![canonical(&k)]);
-    let id = c.iam.rt.block_on(async {
-        c.iam
-            .client
-            .list_ssh_public_keys()
-            .user_name(&u)
-            .send()
-            .await
-            .expect("list")
-            .ssh_public_keys()[0]
-            .ssh_public_key_id()
-            .to_string()
-    });
-    c.iam.deactivate(&u, &id);
+    deactivate_only_key(&c, &u);
     age_record(&c.record(&u), 120);
     let calls = c.proxy.calls_for(&u);
 
@@ -178,19 +183,7 @@ fn finding_1_full_cache_filesystem_never_serves_a_revoked_key() {
     let run = |extra: &[&str]| command(&c.proxy.url(), &cache, &u, extra);
     let first = run(&[]).output().expect("run");
     assert_eq!(served(&first, &u), vec![canonical(&k)]);
-    let id = c.iam.rt.block_on(async {
-        c.iam
-            .client
-            .list_ssh_public_keys()
-            .user_name(&u)
-            .send()
-            .await
-            .expect("list")
-            .ssh_public_keys()[0]
-            .ssh_public_key_id()
-            .to_string()
-    });
-    c.iam.deactivate(&u, &id);
+    deactivate_only_key(&c, &u);
     age_record(&cache.join(format!("{u}.json")), 120);
     // Fill the filesystem.
     let mut filler = File::create(fs.0.join("filler")).expect("filler");
