@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers that see untrusted input: cache records, user names and the mapping, IAM key bodies,
-# and --key-options. Each target runs for FUZZ_SECONDS (default 20) from the seeds in fuzz/seeds/<target>
+# --key-options, and chained key commands' output lines. Each target runs for FUZZ_SECONDS (default 20) from the seeds in fuzz/seeds/<target>
 # plus the corpus it grows in fuzz/corpus/<target>. A crash fails the run and leaves its input in
 # fuzz/artifacts/<target>/; add it as a regression test. Long runs: FUZZ_SECONDS=3600 tests/fuzz.sh
 # (or one target: cargo +nightly fuzz run -O --sanitizer none key -- -max_total_time=3600).
