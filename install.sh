@@ -130,6 +130,13 @@ if [ -z "$BINDIR" ]; then
     fi
 fi
 
+# sshd itself checks what we write; without it nothing could be validated (an operator installs
+# openssh-server first). Checked before the build, so a missing sshd costs nothing.
+SSHD_BIN=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
+if [ $UNINSTALL = 0 ] && [ -z "$PACKAGE" ] && [ ! -x "$SSHD_BIN" ]; then
+    die "sshd not found (needed to validate the configuration): install openssh-server first (apt-get install openssh-server, dnf install openssh-server)"
+fi
+
 # Named after the service user, so a second, differently named install (tests) cannot collide.
 MANIFEST=/var/lib/$NAME/$SVC_USER.manifest
 DROPIN=$SSHD_DIR/50-$NAME.conf
@@ -138,8 +145,7 @@ TMPFILES=/etc/tmpfiles.d/$SVC_USER.conf
 INCLUDE_MARK="# Added by $NAME install.sh (removed by install.sh --uninstall)"
 
 validate_sshd() {
-    local sshd
-    sshd=$(command -v sshd || echo /usr/sbin/sshd)
+    local sshd=$SSHD_BIN
     [ -x "$sshd" ] || die "sshd not found: install openssh-server first"
     [ -d /run/sshd ] || mkdir -p -m 0755 /run/sshd 2>/dev/null || true
     if [ -z "$R" ]; then

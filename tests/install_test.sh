@@ -16,6 +16,23 @@ snapshot() {  # every path with type, mode, owner, size, content hash; with a 2n
     (cd "$1" && find . -printf "$fmt" | sort && find . -type f -exec sha256sum {} + | sort)
 }
 
+# sandbox_accounts TREE: /etc/passwd, group, shadow, gshadow of a minimal Debian-like system, from fixed
+# content (never the host's: the host may have its own installation, and its service user, already).
+# The pristine copies stay in $W/accounts for comparisons.
+sandbox_accounts() {
+    mkdir -p "$W/accounts" "$1/etc"
+    printf '%s\n' 'root:x:0:0:root:/root:/bin/bash' 'daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin' \
+        'sshd:x:100:65534::/run/sshd:/usr/sbin/nologin' 'nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin' \
+        'admin:x:1000:1000:Debian:/home/admin:/bin/bash' > "$W/accounts/passwd"
+    printf '%s\n' 'root:x:0:' 'daemon:x:1:' 'sudo:x:27:admin' 'nogroup:x:65534:' 'admin:x:1000:' > "$W/accounts/group"
+    printf '%s\n' 'root:*:20000:0:99999:7:::' 'daemon:*:20000:0:99999:7:::' 'sshd:!:20000::::::' \
+        'nobody:*:20000:0:99999:7:::' 'admin:!:20000:0:99999:7:::' > "$W/accounts/shadow"
+    printf '%s\n' 'root:*::' 'daemon:*::' 'sudo:*::admin' 'nogroup:*::' 'admin:!::' > "$W/accounts/gshadow"
+    local f
+    for f in passwd group; do install -m 0644 "$W/accounts/$f" "$1/etc/$f"; done
+    for f in shadow gshadow; do install -m 0640 "$W/accounts/$f" "$1/etc/$f"; done
+}
+
 # 1. An empty tree (an image pipeline staging dir): exactly these files, nothing user-specific.
 T=$W/empty; mkdir "$T"
 "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log1" || fail "install into empty tree: $(cat "$W/log1")"
@@ -40,7 +57,7 @@ pass "uninstall empties the tree again"
 
 # 2. A tree like a real root: existing sshd_config without Include, /etc/passwd, flags.
 T=$W/root; mkdir -p "$T/etc/ssh" "$T/usr/sbin"
-cp /etc/passwd /etc/group "$T/etc/"; cp /etc/shadow /etc/gshadow "$T/etc/" 2>/dev/null || true
+sandbox_accounts "$T"
 printf 'Port 22\nPasswordAuthentication no\n' > "$T/etc/ssh/sshd_config"
 before=$(snapshot "$T")
 "$INSTALL" --root "$T" --binary "$BIN" --ttl 10m --max-stale 2h --region eu-west-1 2>"$W/log2" ||
@@ -63,7 +80,9 @@ pass "a second identical install changes nothing"
 accounts='etc/\(passwd\|group\|shadow\|gshadow\)-\?\( \|$\)'
 [ "$(echo "$before" | grep -v "$accounts")" = "$(snapshot "$T" | grep -v "$accounts")" ] ||
     { diff <(echo "$before") <(snapshot "$T") >&2; fail "uninstall did not restore the tree"; }
-cmp -s /etc/passwd "$T/etc/passwd" && cmp -s /etc/group "$T/etc/group" || fail "account files differ after uninstall"
+for f in passwd group shadow gshadow; do
+    cmp -s "$W/accounts/$f" "$T/etc/$f" || fail "/etc/$f differs after uninstall: $(diff "$W/accounts/$f" "$T/etc/$f")"
+done
 ! grep -q "^iam-authorized-keys:" "$T/etc/passwd" || fail "uninstall left the user"
 pass "uninstall restores sshd_config and removes the user it created"
 
@@ -83,8 +102,7 @@ pass "Flatcar tree: binary in /opt/bin, drop-in points there"
 #    so break the template copy instead).
 T=$W/rollback; mkdir -p "$T/etc/ssh"
 printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
-cp -r "$HERE/.." "$W/src" 2>/dev/null || true
-rm -rf "$W/src/target"
+mkdir "$W/src"; cp -r "$HERE/../install.sh" "$HERE/../sshd_config.d" "$W/src/"
 echo "NoSuchSshdOption yes" >> "$W/src/sshd_config.d/50-iam-authorized-keys.conf"
 before=$(snapshot "$T")
 if "$W/src/install.sh" --root "$T" --binary "$BIN" 2>"$W/log3"; then fail "install with a broken drop-in succeeded"; fi
