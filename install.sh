@@ -2,6 +2,7 @@
 # Installs iam-authorized-keys: the static binary, its sshd drop-in, its system user and cache directory.
 # Idempotent; --uninstall removes exactly what it installed; --root DIR installs into an image tree.
 set -euo pipefail
+export LC_ALL=C   # sort and glob as sshd and systemd do (byte order)
 
 NAME=iam-authorized-keys
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -137,12 +138,123 @@ if [ $UNINSTALL = 0 ] && [ -z "$PACKAGE" ] && [ ! -x "$SSHD_BIN" ]; then
     die "sshd not found (needed to validate the configuration): install openssh-server first (apt-get install openssh-server, dnf install openssh-server)"
 fi
 
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+
 # Named after the service user, so a second, differently named install (tests) cannot collide.
 MANIFEST=/var/lib/$NAME/$SVC_USER.manifest
 DROPIN=$SSHD_DIR/50-$NAME.conf
 SYSUSERS=/etc/sysusers.d/$SVC_USER.conf
 TMPFILES=/etc/tmpfiles.d/$SVC_USER.conf
 INCLUDE_MARK="# Added by $NAME install.sh (removed by install.sh --uninstall)"
+
+# --- what sshd will run: the configuration files ---------------------------------------------------------
+# For an image tree (--root) the tree's config is copied into a scratch directory with every Include
+# rewritten to the copy (globs expanded inside the tree, symlinks resolved inside the tree), so this
+# machine's sshd reads exactly the tree's files. SCRATCH is made by install.sh and removed at exit.
+
+# tree_path PATH: where PATH of the tree really is on this machine (symlinks resolved inside the tree).
+tree_path() {
+    local p=$1 n=0 t
+    while [ -L "$R$p" ] && [ $n -lt 20 ]; do
+        t=$(readlink "$R$p")
+        case $t in /*) p=$t ;; *) p=$(dirname "$p")/$t ;; esac
+        n=$((n + 1))
+    done
+    printf '%s\n' "$R$p"
+}
+
+# copy_config PATH OUT: the tree's config file PATH, copied to OUT/PATH with its Includes (recursively)
+# pointing into OUT.
+copy_config() {
+    local src=$1 out=$2 line a m
+    local dst=$out$src
+    [ -e "$dst" ] && return 0
+    mkdir -p "$(dirname "$dst")"
+    : > "$dst"
+    while IFS= read -r line || [ -n "$line" ]; do
+        if [[ $line =~ ^[[:space:]]*[Ii][Nn][Cc][Ll][Uu][Dd][Ee]([[:space:]]+|[[:space:]]*=[[:space:]]*)(.*)$ ]]; then
+            local -a args=() words=()
+            read -r -a words <<< "${BASH_REMATCH[2]}"
+            for a in "${words[@]}"; do
+                [[ $a == /* ]] || a=/etc/ssh/$a
+                args+=("$out$a")
+                for m in "$R"$a; do
+                    [ -e "$m" ] || continue
+                    copy_config "${m#"$R"}" "$out"
+                done
+            done
+            printf 'Include %s\n' "${args[*]}" >> "$dst"
+        else
+            printf '%s\n' "$line" >> "$dst"
+        fi
+    done < "$(tree_path "$src")"
+}
+
+# config_main: the main config file this machine's sshd should read for the target (a copy for a tree).
+config_main() {
+    if [ -z "$R" ]; then echo "$SSHD_CONFIG"; return; fi
+    local out=$SCRATCH/tree
+    rm -rf "$out"; mkdir -p "$out"
+    if [ -f "$R$SSHD_CONFIG" ]; then
+        copy_config "$SSHD_CONFIG" "$out"
+    else
+        # No sshd_config in this tree (an image staging directory): only our drop-in.
+        mkdir -p "$out$(dirname "$SSHD_CONFIG")"
+        printf 'Include %s\n' "$out$SSHD_DIR/*.conf" > "$out$SSHD_CONFIG"
+        [ -d "$R$SSHD_DIR" ] && for m in "$R$SSHD_DIR"/*.conf; do
+            [ -e "$m" ] && copy_config "${m#"$R"}" "$out"
+        done
+    fi
+    echo "$out$SSHD_CONFIG"
+}
+
+# sshd_T [CONNSPEC]: sshd -T over what sshd will run, for connection CONNSPEC (-C) when given. Output in $SCRATCH/T, errors in $SCRATCH/T.err.
+sshd_T() {
+    local main; main=$(config_main)
+    [ -f "$SCRATCH/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SCRATCH/hostkey"
+    local -a args=(-T -f "$main" -o "HostKey=$SCRATCH/hostkey")
+    [ -n "${1:-}" ] && args+=(-C "$1")
+    [ -d /run/sshd ] || mkdir -p /run/sshd 2>/dev/null || true
+    "$SSHD_BIN" "${args[@]}" > "$SCRATCH/T" 2> "$SCRATCH/T.err"
+}
+
+# effective KEYWORD: its value in $SCRATCH/T (sshd -T prints lower-case keywords).
+effective() { awk -v k="$1" '$1 == k { sub(/^[^ ]+ /, ""); print; exit }' "$SCRATCH/T"; }
+
+# first_setter KEYWORD FILE: "file:line: text" of the first line sshd reads that sets KEYWORD outside a
+# Match block, following Includes in order (tree paths, for messages).
+first_setter() {
+    local kw=${1,,} file=$2 line n=0 inmatch=0 k v a m
+    [ -f "$file" ] || return 1
+    while IFS= read -r line || [ -n "$line" ]; do
+        n=$((n + 1))
+        [[ $line =~ ^[[:space:]]*([A-Za-z]+)([[:space:]]+|[[:space:]]*=[[:space:]]*)(.*)$ ]] || continue
+        k=${BASH_REMATCH[1],,} v=${BASH_REMATCH[3]}
+        [ "$k" = match ] && inmatch=1
+        [ $inmatch = 1 ] && continue
+        if [ "$k" = include ]; then
+            local -a words=(); read -r -a words <<< "$v"
+            for a in "${words[@]}"; do
+                [[ $a == /* ]] || a=/etc/ssh/$a
+                for m in $a; do
+                    [ -f "$m" ] && first_setter "$kw" "$m" && return 0
+                done
+            done
+        elif [ "$k" = "$kw" ]; then
+            local shown=$file
+            [ -n "$R" ] && shown=$R${file#"$SCRATCH/tree"}
+            printf '%s:%s: %s\n' "$shown" "$n" "$line"
+            return 0
+        fi
+    done < "$file"
+    return 1
+}
+
+# who_sets KEYWORD: where the effective value of KEYWORD comes from, for messages.
+who_sets() {
+    first_setter "$1" "$(config_main)" || echo "sshd's built-in default"
+}
 
 validate_sshd() {
     local sshd=$SSHD_BIN
@@ -151,13 +263,35 @@ validate_sshd() {
     if [ -z "$R" ]; then
         "$sshd" -t -f "$SSHD_CONFIG"
     else
-        # An image tree's sshd cannot run here; check our drop-in in a minimal config of its own.
-        local t; t=$(mktemp -d)
-        ssh-keygen -q -t ed25519 -N '' -f "$t/hostkey"
-        printf 'Include %s\nHostKey %s/hostkey\n' "$R$DROPIN" "$t" > "$t/sshd_config"
-        local rc=0; "$sshd" -t -f "$t/sshd_config" || rc=$?
-        rm -rf "$t"
-        return $rc
+        # An image tree's sshd cannot run here: this machine's sshd checks a copy of the tree's config
+        # (config_main), with a host key of its own.
+        [ -f "$SCRATCH/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SCRATCH/hostkey"
+        "$sshd" -t -f "$(config_main)" -o "HostKey=$SCRATCH/hostkey"
+    fi
+}
+
+# verify_effective: sshd -T must show our command, our command user and our AuthorizedKeysFile choice.
+verify_effective() {
+    if ! sshd_T; then
+        note "sshd -T rejected the configuration: $(cat "$SCRATCH/T.err")"
+        return 1
+    fi
+    local kw want got bad=0
+    for kw in AuthorizedKeysCommand AuthorizedKeysCommandUser AuthorizedKeysFile; do
+        case $kw in
+            AuthorizedKeysCommand) want=$command_line ;;
+            AuthorizedKeysCommandUser) want=$SVC_USER ;;
+            AuthorizedKeysFile) want=none ;;
+        esac
+        got=$(effective "${kw,,}")
+        [ "$got" = "$want" ] && continue
+        bad=1
+        note "sshd would not use our $kw: in effect is '$got', from $(who_sets "$kw")"
+    done
+    if [ $bad = 1 ]; then
+        note "sshd keeps the first value it reads. Remove those lines, or move them below the line"
+        note "'Include $SSHD_DIR/*.conf' (or put that Include first in $R$SSHD_CONFIG), then run install.sh again"
+        return 1
     fi
 }
 
@@ -182,6 +316,7 @@ put() {
         return 0
     fi
     # Only a real change touches the target directory (its mtime too): temp beside it, then rename.
+    stash "$path"
     mkdir -p "$(dirname "$path")"
     tmp=$(mktemp "$path.XXXXXX")
     cat "$staged" > "$tmp"
@@ -198,8 +333,9 @@ user_exists() {
 uninstall() {
     local m=$R$MANIFEST
     [ -f "$m" ] || die "nothing to uninstall: $m not found"
-    local kind path
+    local kind path include_dir=
     local -a dirs=()
+    include_dir=$(awk '$1 == "includedir" { print $2 }' "$m")
     while read -r kind path; do
         case $kind in
             file) rm -f "$R$path" ;;
@@ -209,7 +345,13 @@ uninstall() {
             include)
                 if [ -f "$R$path" ]; then
                     local tmp; tmp=$(mktemp "$R$path.XXXXXX")
-                    awk -v mark="$INCLUDE_MARK" '$0 == mark { skip = 1; next } skip { skip = 0; next } { print }' "$R$path" > "$tmp"
+                    # Only our two lines: the marker and, after it, the first line that is exactly our
+                    # Include (manifests before includedir: an "Include DIR/*.conf" line). Whatever an
+                    # admin added around them stays.
+                    awk -v mark="$INCLUDE_MARK" -v dir="$include_dir" '
+                        $0 == mark { pending = 1; next }
+                        pending && (dir != "" ? $0 == "Include " dir "/*.conf" : $0 ~ /^Include [^[:space:]]+\/\*\.conf$/) { pending = 0; next }
+                        { print }' "$R$path" > "$tmp"
                     chmod --reference="$R$path" "$tmp"; mv -f "$tmp" "$R$path"
                 fi ;;
             user)
@@ -285,10 +427,30 @@ mkdirs() {  # mkdir -p, remembering each directory it created
 # Directories an earlier run created stay ours.
 while read -r kind path; do [ "$kind" = dir ] && NEW_DIRS+=("$path"); done <<< "$OLD_MANIFEST"
 
+# stash PATH: before this run replaces or removes an existing file, keep it, so a rollback puts back
+# the previous drop-in, binary, unit or manifest byte for byte (owner, mode and mtime too). The list is
+# a file: put() runs at the end of pipelines, in subshells.
+STASH=$SCRATCH/stash
+mkdir -p "$STASH"; : > "$STASH/list"
+stash() {
+    local p=$1 n
+    [ -e "$p" ] || [ -L "$p" ] || return 0
+    grep -qxF -- "$p" "$STASH/list" && return 0
+    n=$(wc -l < "$STASH/list")
+    cp -a "$p" "$STASH/$n"
+    printf '%s\n' "$p" >> "$STASH/list"
+}
+
 BACKUP=
 rollback() {
+    trap - ERR
     note "rolling back this run's changes"
     [ -n "$BACKUP" ] && mv -f "$BACKUP" "$R$SSHD_CONFIG"
+    local j=0 p
+    while IFS= read -r p; do
+        rm -f "$p"; mv -f "$STASH/$j" "$p"
+        j=$((j + 1))
+    done < "$STASH/list"
     local i
     for ((i=${#CREATED[@]}-1; i>=0; i--)); do rm -rf --one-file-system "${CREATED[$i]}"; done
     if [ -n "$USER_CREATED_NOW" ]; then
@@ -305,6 +467,7 @@ trap rollback ERR
 dest=$BINDIR/$NAME
 mkdirs "$BINDIR"
 [ -e "$R$dest" ] || CREATED+=("$R$dest")
+cmp -s "$BINARY" "$R$dest" || stash "$R$dest"
 if [ $IS_ROOT = 1 ]; then
     install -C -o root -g root -m 0755 "$BINARY" "$R$dest"
 else
@@ -385,7 +548,11 @@ record file "$DROPIN"
 # (sshd keeps the first value it reads).
 if [ -f "$R$SSHD_CONFIG" ]; then
     if grep -qiE "^[[:space:]]*Include[[:space:]]+$SSHD_DIR/\*(\.conf)?([[:space:]]|$)" "$R$SSHD_CONFIG"; then
-        grep -qxF "$INCLUDE_MARK" "$R$SSHD_CONFIG" && record include "$SSHD_CONFIG"
+        if grep -qxF "$INCLUDE_MARK" "$R$SSHD_CONFIG"; then
+            record include "$SSHD_CONFIG"
+            dir=$(awk '$1 == "includedir" { print $2 }' <<< "$OLD_MANIFEST")
+            [ -n "$dir" ] && record includedir "$dir"
+        fi
     else
         BACKUP=$(mktemp "$R$SSHD_CONFIG.iak-backup.XXXXXX")
         cp -p "$R$SSHD_CONFIG" "$BACKUP"
@@ -394,6 +561,7 @@ if [ -f "$R$SSHD_CONFIG" ]; then
         chmod --reference="$R$SSHD_CONFIG" "$tmp"
         mv -f "$tmp" "$R$SSHD_CONFIG"
         record include "$SSHD_CONFIG"
+        record includedir "$SSHD_DIR"
         note "added 'Include $SSHD_DIR/*.conf' at the top of $SSHD_CONFIG"
     fi
 elif [ -z "$R" ]; then
@@ -462,6 +630,11 @@ printf '%s\n' "${MANIFEST_LINES[@]}" | awk '!seen[$0]++' | put "$R$MANIFEST" 644
 
 if ! validate_sshd; then
     note "sshd -t rejected the configuration"
+    rollback
+fi
+# sshd keeps the first value it reads: our drop-in counts only if nothing read before it sets the same
+# keywords. Judge by what sshd -T says is in effect, never by what the files seem to say.
+if ! verify_effective; then
     rollback
 fi
 trap - ERR

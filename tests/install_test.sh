@@ -110,6 +110,47 @@ grep -q "rolling back" "$W/log3" || fail "no rollback message: $(cat "$W/log3")"
 [ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "rollback left changes"; }
 pass "sshd -t failure rolls every change back"
 
+# Review findings (#13): a failed re-run puts back what it overwrote; uninstall removes only its own lines;
+# an Include read after a conflicting setting is refused (sshd -T decides, not the look of the file).
+T=$W/rerun; mkdir -p "$T/etc/ssh"; sandbox_accounts "$T"
+printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
+"$INSTALL" --root "$T" --binary "$BIN" --ttl 10m 2>/dev/null || fail "first install of the re-run test"
+dropin=$(ls "$T"/etc/ssh/sshd_config.d/*iam-authorized-keys.conf)
+cp "$dropin" "$W/dropin.before"
+before=$(snapshot "$T")
+cp "$BIN" "$W/bin2"; printf 'another build\n' >> "$W/bin2"   # still runs: bytes after the ELF image
+"$W/bin2" --version >/dev/null || fail "the modified binary does not run"
+mkdir "$W/src2"; cp -r "$HERE/../install.sh" "$HERE/../sshd_config.d" "$W/src2/"
+echo "NoSuchSshdOption yes" >> "$(ls "$W/src2/sshd_config.d/"*.conf)"
+if "$W/src2/install.sh" --root "$T" --binary "$W/bin2" --ttl 20m 2>"$W/log5"; then fail "re-run with a broken drop-in succeeded"; fi
+grep -q "rolling back" "$W/log5" || fail "no rollback message: $(cat "$W/log5")"
+cmp -s "$W/dropin.before" "$dropin" || fail "rollback kept the new drop-in: $(diff "$W/dropin.before" "$dropin")"
+cmp -s "$BIN" "$T/usr/local/bin/iam-authorized-keys" || fail "rollback kept the new binary"
+[ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "rollback left changes"; }
+pass "a failed re-run (new flags, new binary, sshd -t fails) puts back the previous drop-in and binary byte for byte"
+
+T=$W/marker; mkdir -p "$T/etc/ssh"
+printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
+"$INSTALL" --root "$T" --binary "$BIN" 2>/dev/null || fail "install for the uninstall-marker test"
+sed -i -e '/^# Added by iam-authorized-keys/a PermitRootLogin no' \
+    -e '/^Include \/etc\/ssh\/sshd_config.d\/\*\.conf$/a MaxAuthTries 3' "$T/etc/ssh/sshd_config"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null || fail "uninstall for the marker test"
+[ "$(cat "$T/etc/ssh/sshd_config")" = "$(printf 'PermitRootLogin no\nMaxAuthTries 3\nPort 22')" ] ||
+    fail "uninstall did not remove exactly its own two lines: $(cat "$T/etc/ssh/sshd_config")"
+pass "uninstall removes only its marker and Include lines (an admin's lines right after them survive)"
+
+for setting in "AuthorizedKeysFile .ssh/authorized_keys" "AuthorizedKeysCommand /usr/bin/other-keys %u"; do
+    T=$W/order; rm -rf "$T"; mkdir -p "$T/etc/ssh"
+    printf 'Port 22\n%s\nAuthorizedKeysCommandUser nobody\nInclude /etc/ssh/sshd_config.d/*.conf\n' "$setting" > "$T/etc/ssh/sshd_config"
+    before=$(snapshot "$T")
+    if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log6"; then
+        fail "accepted an Include read after '$setting' (sshd -T: $(sshd -T -f "$T/etc/ssh/sshd_config" 2>&1 | grep -i authorizedkeys))"
+    fi
+    grep -qF "$T/etc/ssh/sshd_config:2: $setting" "$W/log6" || fail "the refusal does not name the line that wins: $(cat "$W/log6")"
+    [ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "refused install left changes"; }
+done
+pass "an Include read after a conflicting AuthorizedKeysFile/AuthorizedKeysCommand is refused, naming file:line, nothing left"
+
 # 4. Refusals say what to fix.
 for args in "--ttl 5%u" "--user root" "--cache-dir relative" "--bogus" "--region a\"b"; do
     # shellcheck disable=SC2086
