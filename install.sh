@@ -19,6 +19,8 @@ RELOAD=1
 UNINSTALL=0
 PACKAGE=
 WITH_SYNC=0
+REPLACE_OTHER=0
+SHOW_UNIT=0
 SYNC_FLAGS=()
 FLAGS=()
 
@@ -46,6 +48,12 @@ Where:
       --sync-group G  --sudo-group G  --remove-after N  --remove lock|delete  --managed-group NAME
       --sudoers-file PATH  --sync-state PATH  (groups repeatable; without --sync-group it uses the
                           --allowed-group values)
+  --replace-other-command when another AuthorizedKeysCommand is in effect (EC2 Instance Connect,
+                          systemd-userdb, SSSD, ...), replace it: the keys it served stop working.
+                          Without this option install.sh refuses and names it. (When it comes from
+                          the sshd unit's command line, a unit drop-in zz-$NAME.conf drops it.)
+  --sshd-unit             print the sshd systemd unit found in the tree, its effective ExecStart= and
+                          the -o options it passes to sshd, then exit
   --package FILE.tar.gz   instead of installing, write a release tarball (binary, install.sh, drop-in,
                           README) and FILE.tar.gz.sha256, for image pipelines (see examples/)
   -h, --help              this text
@@ -89,6 +97,8 @@ while [ $# -gt 0 ]; do
         --uninstall) UNINSTALL=1 ;;
         --package) PACKAGE=${2:?--package needs a file name}; shift ;;
         --with-sync) WITH_SYNC=1 ;;
+        --replace-other-command) REPLACE_OTHER=1 ;;
+        --sshd-unit) SHOW_UNIT=1 ;;
         --sync-group|--sudo-group|--remove-after|--remove|--managed-group|--sudoers-file|--sync-state)
             [ $# -ge 2 ] || die "$1 needs a value"
             safe_value "$1" "$2"
@@ -143,10 +153,299 @@ trap 'rm -rf "$SCRATCH"' EXIT
 
 # Named after the service user, so a second, differently named install (tests) cannot collide.
 MANIFEST=/var/lib/$NAME/$SVC_USER.manifest
-DROPIN=$SSHD_DIR/50-$NAME.conf
+# 10-: sshd keeps the first value it reads, and drop-ins are read in file-name order; ours must come
+# before the common ones (20-systemd-userdb.conf, Flatcar's 50-flatcar-sshd.conf, EC2 Instance
+# Connect's 60-ec2-instance-connect.conf). Releases before 0.2 wrote 50-$NAME.conf (OLD_DROPIN).
+DROPIN=$SSHD_DIR/10-$NAME.conf
+OLD_DROPIN=$SSHD_DIR/50-$NAME.conf
 SYSUSERS=/etc/sysusers.d/$SVC_USER.conf
 TMPFILES=/etc/tmpfiles.d/$SVC_USER.conf
 INCLUDE_MARK="# Added by $NAME install.sh (removed by install.sh --uninstall)"
+
+# --- what sshd will run: the systemd unit's command line -------------------------------------------------
+# sshd's unit may pass -o options on its command line (EC2 Instance Connect's Debian/Ubuntu package does:
+# a drop-in resets ExecStart= and adds -o "AuthorizedKeysCommand ..."). Command-line options beat every
+# config file, so the effective configuration is sshd -T over the config PLUS those options.
+#
+# The unit is ssh.service (Debian, Ubuntu) or sshd.service (RHEL, Amazon Linux), read from the tree as
+# systemd reads it (systemd.unit(5)): the first unit file found in the search path below (a symlink to
+# /dev/null masks it; a symlink to another name makes this name an alias), then the drop-ins
+# <name>.d/*.conf of every name of the unit from all these directories, sorted by file name, a file in an
+# earlier directory hiding a same-named one in a later directory. In [Service], `ExecStart=` (empty)
+# resets the list and the last ExecStart= is the one that runs.
+UNIT_DIRS=(/etc/systemd/system /run/systemd/system /usr/local/lib/systemd/system /usr/lib/systemd/system /lib/systemd/system)
+UNIT_NAME='' UNIT_FRAGMENT='' UNIT_EXEC='' UNIT_EXEC_FROM=''
+UNIT_DROPINS=() UNIT_ENV=() UNIT_ENV_FILES=() UNIT_ALIASES=()
+
+# unit_file NAME: the tree path of unit file NAME (first in UNIT_DIRS), "masked", or nothing.
+unit_file() {
+    local d p
+    for d in "${UNIT_DIRS[@]}"; do
+        p=$d/$1
+        if [ -L "$R$p" ]; then
+            [ "$(readlink "$R$p")" = /dev/null ] && { echo masked; return; }
+            echo "$p"; return
+        elif [ -f "$R$p" ]; then
+            echo "$p"; return
+        fi
+    done
+}
+
+# unit_target PATH: the file name a unit-file symlink finally points to (itself when not a link).
+unit_target() {
+    local p=$1 n=0 t
+    while [ -L "$R$p" ] && [ $n -lt 10 ]; do
+        t=$(readlink "$R$p")
+        case $t in /*) p=$t ;; *) p=$(dirname "$p")/$t ;; esac
+        n=$((n + 1))
+    done
+    echo "$p"
+}
+
+# unit_parse FILE: folds FILE's [Service] ExecStart=, Environment=, EnvironmentFile= into UNIT_*.
+unit_parse() {
+    local file=$1 line buf='' section='' key val
+    while IFS= read -r line || [ -n "$line" ]; do
+        if [ -n "$buf" ] || [[ ! $line =~ ^[[:space:]]*[#\;] ]]; then
+            if [[ $line == *\\ ]]; then buf+="${line%\\} "; continue; fi
+            line=$buf$line; buf=
+        else
+            continue
+        fi
+        if [[ $line =~ ^[[:space:]]*\[(.*)\][[:space:]]*$ ]]; then section=${BASH_REMATCH[1]}; continue; fi
+        [ "$section" = Service ] || continue
+        [[ $line =~ ^[[:space:]]*([A-Za-z]+)[[:space:]]*=[[:space:]]*(.*)$ ]] || continue
+        key=${BASH_REMATCH[1]} val=${BASH_REMATCH[2]}
+        val=${val%"${val##*[![:space:]]}"}
+        case $key in
+            ExecStart)
+                if [ -z "$val" ]; then UNIT_EXEC='' UNIT_EXEC_FROM=''
+                else UNIT_EXEC=$val UNIT_EXEC_FROM=$file; fi ;;
+            Environment)
+                if [ -z "$val" ]; then UNIT_ENV=(); else
+                    local w; unit_words "$val"
+                    for w in "${UNIT_WORDS[@]}"; do UNIT_ENV+=("$w"); done
+                fi ;;
+            EnvironmentFile)
+                if [ -z "$val" ]; then UNIT_ENV_FILES=(); else UNIT_ENV_FILES+=("$val"); fi ;;
+        esac
+    done < "$R$file"
+}
+
+# unit_words TEXT: splits a systemd command line into UNIT_WORDS (quotes removed, C escapes and %%
+# resolved, $NAME/${NAME} left for unit_expand) and UNIT_RAW (each word's text as written).
+unit_words() {
+    local s=$1 i=0 n=${#1} c q word raw started
+    UNIT_WORDS=() UNIT_RAW=()
+    while [ $i -lt "$n" ]; do
+        while [ $i -lt "$n" ] && [[ ${s:i:1} == [[:space:]] ]]; do i=$((i + 1)); done
+        [ $i -lt "$n" ] || break
+        word='' raw='' q='' started=$i
+        while [ $i -lt "$n" ]; do
+            c=${s:i:1}
+            if [ -z "$q" ]; then
+                [[ $c == [[:space:]] ]] && break
+                if [ "$c" = '"' ] || [ "$c" = "'" ]; then q=$c; i=$((i + 1)); continue; fi
+            elif [ "$c" = "$q" ]; then
+                q=; i=$((i + 1)); continue
+            fi
+            if [ "$c" = '\' ] && [ $((i + 1)) -lt "$n" ]; then
+                i=$((i + 1)); c=${s:i:1}
+                case $c in n) c=$'\n' ;; t) c=$'\t' ;; esac
+            elif [ "$c" = % ] && [ "${s:i+1:1}" = % ]; then
+                i=$((i + 1))
+            fi
+            word+=$c; i=$((i + 1))
+        done
+        raw=${s:started:i-started}
+        UNIT_WORDS+=("$word"); UNIT_RAW+=("$raw")
+    done
+}
+
+# unit_env NAME: the value of NAME in the unit's environment (Environment= wins over EnvironmentFile=,
+# later files over earlier ones, as systemd does).
+unit_env() {
+    local v='' found=0 f line w
+    for f in "${UNIT_ENV_FILES[@]}"; do
+        f=${f#-}
+        [ -f "$R$f" ] || continue
+        while IFS= read -r line || [ -n "$line" ]; do
+            [[ $line =~ ^[[:space:]]*(export[[:space:]]+)?$1[[:space:]]*=[[:space:]]*(.*)$ ]] || continue
+            v=${BASH_REMATCH[2]}
+            v=${v%"${v##*[![:space:]]}"}
+            if [[ $v =~ ^\"(.*)\"$ ]] || [[ $v =~ ^\'(.*)\'$ ]]; then v=${BASH_REMATCH[1]}; fi
+            found=1
+        done < "$R$f"
+    done
+    for w in "${UNIT_ENV[@]}"; do
+        [[ $w == "$1="* ]] && { v=${w#*=}; found=1; }
+    done
+    [ $found = 1 ] && printf '%s' "$v"
+    return 0
+}
+
+# unit_load: finds the sshd unit of the tree and computes its effective ExecStart (UNIT_EXEC, from the
+# file UNIT_EXEC_FROM). No unit: UNIT_NAME stays empty.
+unit_load() {
+    UNIT_NAME='' UNIT_FRAGMENT='' UNIT_EXEC='' UNIT_EXEC_FROM='' UNIT_DROPINS=() UNIT_ENV=() UNIT_ENV_FILES=() UNIT_ALIASES=()
+    local name f t other
+    for name in ssh.service sshd.service; do
+        f=$(unit_file "$name")
+        [ -n "$f" ] && [ "$f" != masked ] || continue
+        t=$(basename "$(unit_target "$f")")
+        if [ "$t" != "$name" ]; then
+            UNIT_ALIASES+=("$name"); name=$t
+            f=$(unit_file "$name")
+            [ -n "$f" ] && [ "$f" != masked ] || continue
+            f=$(unit_target "$f")
+        else
+            f=$(unit_target "$f")
+        fi
+        UNIT_NAME=$name UNIT_FRAGMENT=$f
+        break
+    done
+    [ -n "$UNIT_NAME" ] || return 0
+    for other in ssh.service sshd.service; do
+        [ "$other" = "$UNIT_NAME" ] && continue
+        [[ " ${UNIT_ALIASES[*]} " == *" $other "* ]] && continue
+        t=$(unit_file "$other")
+        [ -n "$t" ] && [ "$t" != masked ] && [ "$(basename "$(unit_target "$t")")" = "$UNIT_NAME" ] &&
+            UNIT_ALIASES+=("$other")
+    done
+    # Drop-ins: every name of the unit, every directory; the first directory holding a file name wins.
+    local -A seen=()
+    local d n p base
+    local -a picked=()
+    for d in "${UNIT_DIRS[@]}"; do
+        for n in "$UNIT_NAME" "${UNIT_ALIASES[@]}"; do
+            for p in "$R$d/$n.d"/*.conf; do
+                [ -e "$p" ] || [ -L "$p" ] || continue
+                base=$(basename "$p")
+                [ -n "${seen[$base]:-}" ] && continue
+                seen[$base]=1
+                picked+=("$base ${p#"$R"}")
+            done
+        done
+    done
+    unit_parse "$UNIT_FRAGMENT"
+    while read -r base p; do
+        [ -n "$base" ] || continue
+        if [ -L "$R$p" ] && [ "$(readlink "$R$p")" = /dev/null ]; then continue; fi
+        UNIT_DROPINS+=("$p")
+        unit_parse "$(unit_target "$p")"
+    done < <(printf '%s\n' "${picked[@]}" | sort -k1,1)
+}
+
+# unit_sshd_args: the effective ExecStart of the tree's sshd unit as UNIT_ARGV (environment expanded as
+# systemd does: a word that is exactly $NAME splits on whitespace, ${NAME} inside a word does not), then
+# what sshd makes of it: UNIT_CONFIG (-f, default /etc/ssh/sshd_config) and UNIT_OPTS (each -o).
+unit_sshd_args() {
+    UNIT_ARGV=() UNIT_OPTS=() UNIT_CONFIG=/etc/ssh/sshd_config
+    unit_load
+    [ -n "$UNIT_EXEC" ] || return 0
+    unit_words "$UNIT_EXEC"
+    local w v
+    for w in "${UNIT_WORDS[@]}"; do
+        if [[ $w =~ ^\$([A-Za-z_][A-Za-z0-9_]*)$ ]]; then
+            v=$(unit_env "${BASH_REMATCH[1]}")
+            local -a split=(); read -r -a split <<< "$v"   # split on whitespace, no globbing
+            UNIT_ARGV+=("${split[@]}")
+        else
+            while [[ $w =~ ^(.*)\$\{([A-Za-z_][A-Za-z0-9_]*)\}(.*)$ ]]; do
+                w=${BASH_REMATCH[1]}$(unit_env "${BASH_REMATCH[2]}")${BASH_REMATCH[3]}
+            done
+            UNIT_ARGV+=("$w")
+        fi
+    done
+    # sshd's own option parsing (getopt "C:E:b:c:f:g:h:k:o:p:u:46DQRTdeiqrtV").
+    local i=1 a opt arg
+    while [ $i -lt ${#UNIT_ARGV[@]} ]; do
+        a=${UNIT_ARGV[$i]}
+        [ "$a" = -- ] && break
+        [[ $a == -?* ]] || break
+        local j=1
+        while [ $j -lt ${#a} ]; do
+            opt=${a:j:1}
+            case $opt in
+                C|E|b|c|f|g|h|k|o|p|u)
+                    if [ $((j + 1)) -lt ${#a} ]; then arg=${a:j+1}
+                    else i=$((i + 1)); arg=${UNIT_ARGV[$i]:-}; fi
+                    case $opt in
+                        o) UNIT_OPTS+=("$arg") ;;
+                        f) UNIT_CONFIG=$arg ;;
+                    esac
+                    break ;;
+            esac
+            j=$((j + 1))
+        done
+        i=$((i + 1))
+    done
+}
+
+# unit_has_command: the effective ExecStart passes AuthorizedKeysCommand(User) with -o (after unit_sshd_args).
+unit_has_command() {
+    local o k
+    for o in "${UNIT_OPTS[@]}"; do
+        k=$(unit_opt_keyword "$o")
+        [ "$k" = authorizedkeyscommand ] || [ "$k" = authorizedkeyscommanduser ] && return 0
+    done
+    return 1
+}
+unit_other_opts() {
+    local o k out=
+    for o in "${UNIT_OPTS[@]}"; do
+        k=$(unit_opt_keyword "$o")
+        if [ "$k" = authorizedkeyscommand ] || [ "$k" = authorizedkeyscommanduser ]; then out+="${out:+ }-o \"$o\""; fi
+    done
+    echo "$out"
+}
+
+# unit_override: our unit drop-in: the effective ExecStart as written, minus the -o options that set
+# AuthorizedKeysCommand or AuthorizedKeysCommandUser (after unit_sshd_args).
+unit_override() {
+    unit_words "$UNIT_EXEC"
+    local i=0 n=${#UNIT_WORDS[@]} w k
+    local -a keep=()
+    while [ $i -lt "$n" ]; do
+        w=${UNIT_WORDS[$i]} k=
+        if [ "$w" = -o ] && [ $((i + 1)) -lt "$n" ]; then
+            k=$(unit_opt_keyword "${UNIT_WORDS[$((i + 1))]}")
+            if [ "$k" = authorizedkeyscommand ] || [ "$k" = authorizedkeyscommanduser ]; then i=$((i + 2)); continue; fi
+        elif [[ $w == -o?* ]]; then
+            k=$(unit_opt_keyword "${w#-o}")
+            if [ "$k" = authorizedkeyscommand ] || [ "$k" = authorizedkeyscommanduser ]; then i=$((i + 1)); continue; fi
+        fi
+        keep+=("${UNIT_RAW[$i]}")
+        i=$((i + 1))
+    done
+    cat <<UNIT
+# Written by $NAME install.sh --replace-other-command; removed by install.sh --uninstall.
+# $UNIT_EXEC_FROM made sshd's command line carry $(unit_other_opts),
+# which beats every sshd config file, so $NAME's drop-in could not take effect. This restates that
+# ExecStart without those options. Named zz-... to sort after the unit's other drop-ins: systemd reads
+# drop-ins in file-name order and the last ExecStart= wins.
+[Service]
+ExecStart=
+ExecStart=${keep[*]}
+UNIT
+}
+
+# unit_opt_keyword OPTION: the lower-case keyword of an -o option ("Keyword value" or "Keyword=value").
+unit_opt_keyword() { local k=${1%%[ =	]*}; echo "${k,,}"; }
+
+# show_unit: what --sshd-unit prints (tests and operators).
+show_unit() {
+    unit_sshd_args
+    if [ -z "$UNIT_NAME" ]; then echo "unit none"; return 0; fi
+    echo "unit $UNIT_NAME"
+    local a; for a in "${UNIT_ALIASES[@]}"; do echo "alias $a"; done
+    echo "fragment $UNIT_FRAGMENT"
+    for a in "${UNIT_DROPINS[@]}"; do echo "dropin $a"; done
+    echo "execstart-from ${UNIT_EXEC_FROM:-none}"
+    echo "execstart $UNIT_EXEC"
+    echo "config $UNIT_CONFIG"
+    for a in "${UNIT_OPTS[@]}"; do echo "option $a"; done
+}
 
 # --- what sshd will run: the configuration files ---------------------------------------------------------
 # For an image tree (--root) the tree's config is copied into a scratch directory with every Include
@@ -180,7 +479,7 @@ copy_config() {
                 [[ $a == /* ]] || a=/etc/ssh/$a
                 args+=("$out$a")
                 for m in "$R"$a; do
-                    [ -e "$m" ] || continue
+                    [ -e "$(tree_path "${m#"$R"}")" ] || continue   # symlinks resolve inside the tree
                     copy_config "${m#"$R"}" "$out"
                 done
             done
@@ -203,17 +502,28 @@ config_main() {
         mkdir -p "$out$(dirname "$SSHD_CONFIG")"
         printf 'Include %s\n' "$out$SSHD_DIR/*.conf" > "$out$SSHD_CONFIG"
         [ -d "$R$SSHD_DIR" ] && for m in "$R$SSHD_DIR"/*.conf; do
-            [ -e "$m" ] && copy_config "${m#"$R"}" "$out"
+            [ -e "$(tree_path "${m#"$R"}")" ] && copy_config "${m#"$R"}" "$out"
         done
     fi
     echo "$out$SSHD_CONFIG"
 }
 
-# sshd_T [CONNSPEC]: sshd -T over what sshd will run, for connection CONNSPEC (-C) when given. Output in $SCRATCH/T, errors in $SCRATCH/T.err.
+# unit_applies: whether the tree's sshd unit runs the config we install into (its -f, default
+# /etc/ssh/sshd_config). A private sshd with its own --sshd-config (tests) is not the unit's.
+unit_applies() {
+    unit_sshd_args
+    [ -n "$UNIT_EXEC" ] && [ "$UNIT_CONFIG" = "$SSHD_CONFIG" ]
+}
+
+# sshd_T [CONNSPEC]: sshd -T over what sshd will run: the target's config plus the unit's -o options,
+# for connection CONNSPEC (-C) when given. Output in $SCRATCH/T, errors in $SCRATCH/T.err.
 sshd_T() {
     local main; main=$(config_main)
     [ -f "$SCRATCH/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SCRATCH/hostkey"
     local -a args=(-T -f "$main" -o "HostKey=$SCRATCH/hostkey")
+    if unit_applies; then
+        local o; for o in "${UNIT_OPTS[@]}"; do args+=(-o "$o"); done
+    fi
     [ -n "${1:-}" ] && args+=(-C "$1")
     [ -d /run/sshd ] || mkdir -p /run/sshd 2>/dev/null || true
     "$SSHD_BIN" "${args[@]}" > "$SCRATCH/T" 2> "$SCRATCH/T.err"
@@ -253,13 +563,22 @@ first_setter() {
 
 # who_sets KEYWORD: where the effective value of KEYWORD comes from, for messages.
 who_sets() {
+    local o
+    if unit_applies; then
+        for o in "${UNIT_OPTS[@]}"; do
+            if [ "$(unit_opt_keyword "$o")" = "${1,,}" ]; then
+                echo "the $UNIT_NAME unit: sshd's command line has -o \"$o\" (ExecStart= in $R$UNIT_EXEC_FROM), which beats every config file"
+                return
+            fi
+        done
+    fi
     first_setter "$1" "$(config_main)" || echo "sshd's built-in default"
 }
 
 validate_sshd() {
     local sshd=$SSHD_BIN
     [ -x "$sshd" ] || die "sshd not found: install openssh-server first"
-    [ -d /run/sshd ] || mkdir -p -m 0755 /run/sshd 2>/dev/null || true
+    [ -d /run/sshd ] || install -d -m 0755 /run/sshd 2>/dev/null || true
     if [ -z "$R" ]; then
         "$sshd" -t -f "$SSHD_CONFIG"
     else
@@ -297,6 +616,11 @@ verify_effective() {
 
 reload_sshd() {
     [ $RELOAD = 1 ] || return 0
+    if [ "${UNIT_CHANGED:-0}" = 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+        # A changed ExecStart= takes effect only at a restart (open sessions survive it).
+        systemctl daemon-reload
+        if systemctl is-active --quiet "$UNIT_NAME"; then systemctl restart "$UNIT_NAME"; return; fi
+    fi
     if command -v systemctl >/dev/null && systemctl is-active --quiet ssh 2>/dev/null; then
         systemctl reload ssh
     elif command -v systemctl >/dev/null && systemctl is-active --quiet sshd 2>/dev/null; then
@@ -373,7 +697,31 @@ uninstall() {
     note "uninstalled"
 }
 
+if [ $SHOW_UNIT = 1 ]; then show_unit; exit 0; fi
 if [ $UNINSTALL = 1 ]; then uninstall; exit 0; fi
+
+# --- another AuthorizedKeysCommand already in effect? ---------------------------------------------------
+# sshd runs one command. Ours would displace one that is in effect, and the logins it serves would
+# stop. Refuse by default, before anything is built or written, and name it.
+# TODO(#13 item 2): run the other command after our own lookup (chaining) instead; that needs the binary.
+is_ours() { local w=${1%% *}; [ "$(basename "$w")" = "$NAME" ]; }
+if [ -z "$PACKAGE" ]; then
+    [ -n "$R" ] || [ -f "$SSHD_CONFIG" ] || die "$SSHD_CONFIG not found: install openssh-server first"
+    sshd_T || die "sshd -T cannot read the current configuration (fix it first): $(cat "$SCRATCH/T.err")"
+    other=$(effective authorizedkeyscommand)
+    if [ -n "$other" ] && [ "$other" != none ] && ! is_ours "$other"; then
+        other_user=$(effective authorizedkeyscommanduser)
+        other_from=$(who_sets AuthorizedKeysCommand)
+        note "another AuthorizedKeysCommand is in effect: '$other' (AuthorizedKeysCommandUser ${other_user:-none})"
+        note "  set by $other_from"
+        if [ $REPLACE_OTHER = 0 ]; then
+            note "Ours would replace it, and the keys it serves would stop working (on EC2 that may be EC2 Instance"
+            note "Connect's browser 'Connect'; with systemd-userdb, the keys userdbctl serves)."
+            die "refusing: remove that command, or run install.sh again with --replace-other-command to replace it"
+        fi
+        note "replacing it (--replace-other-command): logins through '$other' stop working"
+    fi
+fi
 
 # --- the binary --------------------------------------------------------------------------------------
 if [ -z "$BINARY" ]; then
@@ -404,7 +752,7 @@ if [ -n "$PACKAGE" ]; then
     mkdir -p "$stage/$NAME/sshd_config.d"
     install -m 0755 "$BINARY" "$stage/$NAME/$NAME"
     install -m 0755 "$SRC_DIR/install.sh" "$stage/$NAME/install.sh"
-    install -m 0644 "$SRC_DIR/sshd_config.d/50-$NAME.conf" "$stage/$NAME/sshd_config.d/"
+    install -m 0644 "$SRC_DIR/sshd_config.d/10-$NAME.conf" "$stage/$NAME/sshd_config.d/"
     [ -f "$SRC_DIR/README.md" ] && install -m 0644 "$SRC_DIR/README.md" "$stage/$NAME/"
     tar -C "$stage" --owner=0 --group=0 --numeric-owner -czf "$PACKAGE" "$NAME"
     rm -rf "$stage"
@@ -541,8 +889,33 @@ mkdirs "$SSHD_DIR"
 [ -e "$R$DROPIN" ] || CREATED+=("$R$DROPIN")
 sed -e "s|^AuthorizedKeysCommand .*|AuthorizedKeysCommand $command_line|" \
     -e "s|^AuthorizedKeysCommandUser .*|AuthorizedKeysCommandUser $SVC_USER|" \
-    "$SRC_DIR/sshd_config.d/50-$NAME.conf" | put "$R$DROPIN" 644
+    "$SRC_DIR/sshd_config.d/10-$NAME.conf" | put "$R$DROPIN" 644
 record file "$DROPIN"
+# An upgrade from a release that wrote 50-$NAME.conf: that file goes (a rollback puts it back).
+if [ -f "$R$OLD_DROPIN" ] && { grep -qx "file $OLD_DROPIN" <<< "$OLD_MANIFEST" || [[ $(sed -n 1p "$R$OLD_DROPIN") == "# $NAME:"* ]]; }; then
+    stash "$R$OLD_DROPIN"
+    rm -f "$R$OLD_DROPIN"
+    note "removed $OLD_DROPIN (the drop-in's name before 0.2; now $DROPIN)"
+fi
+
+# --replace-other-command, when the other command is on the sshd unit's command line (EC2 Instance
+# Connect's Debian/Ubuntu package): a unit drop-in, sorted after the others (the last ExecStart= wins),
+# restates that ExecStart without its AuthorizedKeysCommand/AuthorizedKeysCommandUser options.
+UNIT_CHANGED=0
+if [ $REPLACE_OTHER = 1 ] && unit_applies && unit_has_command; then
+    unit_dropin=/etc/systemd/system/$UNIT_NAME.d/zz-$NAME.conf
+    mkdirs "$(dirname "$unit_dropin")"
+    [ -e "$R$unit_dropin" ] || CREATED+=("$R$unit_dropin")
+    old_unit=$(cat "$R$unit_dropin" 2>/dev/null || true)
+    unit_override | put "$R$unit_dropin" 644
+    [ "$old_unit" = "$(cat "$R$unit_dropin")" ] || UNIT_CHANGED=1
+    record file "$unit_dropin"
+    note "wrote $unit_dropin: $UNIT_NAME no longer passes $(unit_other_opts) to sshd"
+elif grep -q "^file /etc/systemd/system/.*\.service\.d/zz-$NAME\.conf$" <<< "$OLD_MANIFEST"; then
+    # Kept from an earlier --replace-other-command run: still ours.
+    unit_dropin=$(sed -n "s|^file \(/etc/systemd/system/.*\.service\.d/zz-$NAME\.conf\)$|\1|p" <<< "$OLD_MANIFEST" | head -1)
+    [ -f "$R$unit_dropin" ] && record file "$unit_dropin"
+fi
 
 # The drop-in only counts if the main config includes its directory, before any other setting
 # (sshd keeps the first value it reads).

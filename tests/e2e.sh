@@ -57,7 +57,7 @@ chmod 0644 "$E/credentials"
     --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" \
     --ttl 3 --negative-ttl 1 --max-stale 9 --timeout 2 --config "$E/iak.conf"
 grep -q "^Include $E/sshd_config.d/\*.conf" "$E/sshd_config" || fail "install.sh did not add the Include line"
-grep -q "^AuthorizedKeysCommandUser $SVC$" "$E/sshd_config.d/50-iam-authorized-keys.conf" || fail "drop-in user"
+grep -q "^AuthorizedKeysCommandUser $SVC$" "$E/sshd_config.d/10-iam-authorized-keys.conf" || fail "drop-in user"
 [ "$(stat -c '%U %a' "$E/cache")" = "$SVC 700" ] || fail "cache dir owner/mode: $(stat -c '%U %a' "$E/cache")"
 [ "$(stat -c '%U %a' "$E/bin/iam-authorized-keys")" = "root 755" ] || fail "binary owner/mode"
 [ "$(getent shadow "$SVC" | cut -d: -f2)" = '!' ] || [ "$(getent shadow "$SVC" | cut -d: -f2)" = '!*' ] ||
@@ -117,10 +117,10 @@ assert not d["ok"] and len(bad) == 1 and bad[0]["check"] == "cache", bad
 assert sys.argv[2] in bad[0]["detail"] and "chown" in bad[0]["fix"], bad
 PY
 chown "$SVC" "$E/cache"
-mv "$E/sshd_config.d/50-iam-authorized-keys.conf" "$E/dropin.away"
+mv "$E/sshd_config.d/10-iam-authorized-keys.conf" "$E/dropin.away"
 if doctor > "$E/doctor.out" 2>&1; then fail "doctor passed a missing drop-in"; fi
 grep -q "^FAIL drop-in: .*no AuthorizedKeysCommand" "$E/doctor.out" || fail "doctor: $(cat "$E/doctor.out")"
-mv "$E/dropin.away" "$E/sshd_config.d/50-iam-authorized-keys.conf"
+mv "$E/dropin.away" "$E/sshd_config.d/10-iam-authorized-keys.conf"
 doctor > "$E/doctor.out" 2>&1 || fail "doctor after repairs: $(cat "$E/doctor.out")"
 pass "doctor: clean install passes; world-writable dir, wrong cache owner, missing drop-in each named"
 

@@ -47,7 +47,7 @@ grep -q '^\.TH iam-authorized-keys 8' "$T/usr/local/share/man/man8/iam-authorize
 ! find "$T" -name 'authorized_keys*' -o -name '*.json' -o -name 'credentials' | grep -q . ||
     fail "keys, records or credentials in the image"
 grep -q "^AuthorizedKeysCommand /usr/local/bin/iam-authorized-keys --uid %U -- %u %f %t$" \
-    "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" || fail "drop-in command line"
+    "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" || fail "drop-in command line"
 grep -q "systemd-sysusers" "$W/log1" || fail "no note about the user being created at boot"
 pass "install into an empty tree writes only binary, man page, completions, drop-in, sysusers/tmpfiles entries and manifest"
 
@@ -64,7 +64,7 @@ before=$(snapshot "$T")
     fail "install into root-like tree: $(cat "$W/log2")"
 head -2 "$T/etc/ssh/sshd_config" | grep -q "^Include /etc/ssh/sshd_config.d/\*.conf$" || fail "Include not first"
 grep -q "^AuthorizedKeysCommand /usr/local/bin/iam-authorized-keys --ttl 10m --max-stale 2h --region eu-west-1 --uid %U -- %u %f %t$" \
-    "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" || fail "flags not in the drop-in"
+    "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" || fail "flags not in the drop-in"
 grep -q "^iam-authorized-keys:" "$T/etc/passwd" || fail "user not created in the tree"
 [ "$(stat -c %u "$T/var/cache/iam-authorized-keys")" = "$(awk -F: '$1=="iam-authorized-keys"{print $3}' "$T/etc/passwd")" ] ||
     fail "cache dir not owned by the service user"
@@ -93,7 +93,7 @@ printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
 "$INSTALL" --root "$T" --binary "$BIN" 2>/dev/null || fail "install into a Flatcar tree"
 [ -x "$T/opt/bin/iam-authorized-keys" ] && [ ! -e "$T/usr/local/bin/iam-authorized-keys" ] || fail "not in /opt/bin"
 [ -f "$T/opt/share/man/man8/iam-authorized-keys.8" ] && [ ! -e "$T/usr" ] || fail "Flatcar: docs must stay out of read-only /usr"
-grep -q "^AuthorizedKeysCommand /opt/bin/iam-authorized-keys --uid %U -- %u %f %t$" "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" ||
+grep -q "^AuthorizedKeysCommand /opt/bin/iam-authorized-keys --uid %U -- %u %f %t$" "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" ||
     fail "Flatcar drop-in does not point at /opt/bin"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null
 pass "Flatcar tree: binary in /opt/bin, drop-in points there"
@@ -103,7 +103,7 @@ pass "Flatcar tree: binary in /opt/bin, drop-in points there"
 T=$W/rollback; mkdir -p "$T/etc/ssh"
 printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
 mkdir "$W/src"; cp -r "$HERE/../install.sh" "$HERE/../sshd_config.d" "$W/src/"
-echo "NoSuchSshdOption yes" >> "$W/src/sshd_config.d/50-iam-authorized-keys.conf"
+echo "NoSuchSshdOption yes" >> "$W/src/sshd_config.d/10-iam-authorized-keys.conf"
 before=$(snapshot "$T")
 if "$W/src/install.sh" --root "$T" --binary "$BIN" 2>"$W/log3"; then fail "install with a broken drop-in succeeded"; fi
 grep -q "rolling back" "$W/log3" || fail "no rollback message: $(cat "$W/log3")"
@@ -151,7 +151,169 @@ for setting in "AuthorizedKeysFile .ssh/authorized_keys" "AuthorizedKeysCommand 
 done
 pass "an Include read after a conflicting AuthorizedKeysFile/AuthorizedKeysCommand is refused, naming file:line, nothing left"
 
-# 4. Refusals say what to fix.
+# 4. What sshd will run: the sshd systemd unit (ExecStart= and its -o options, merged as systemd does).
+unit_tree() {  # unit_tree TREE: a Debian-like sshd unit: ssh.service in /usr/lib, alias sshd.service in /etc
+    mkdir -p "$1/usr/lib/systemd/system" "$1/etc/systemd/system" "$1/etc/default"
+    cat > "$1/usr/lib/systemd/system/ssh.service" <<'UNIT'
+[Unit]
+Description=OpenBSD Secure Shell server
+
+[Service]
+EnvironmentFile=-/etc/default/ssh
+ExecStartPre=/usr/sbin/sshd -t
+ExecStart=/usr/sbin/sshd -D $SSHD_OPTS
+ExecReload=/bin/kill -HUP $MAINPID
+
+[Install]
+Alias=sshd.service
+UNIT
+    ln -s /usr/lib/systemd/system/ssh.service "$1/etc/systemd/system/sshd.service"
+    printf '# Options to pass to sshd\nSSHD_OPTS=\n' > "$1/etc/default/ssh"
+}
+eic_dropin() {  # eic_dropin TREE: the unit override EC2 Instance Connect's Debian/Ubuntu package installs
+    mkdir -p "$1/usr/lib/systemd/system/ssh.service.d"
+    cat > "$1/usr/lib/systemd/system/ssh.service.d/ec2-instance-connect.conf" <<'UNIT'
+[Service]
+ExecStart=
+ExecStart=/usr/sbin/sshd -D -o "AuthorizedKeysCommand /usr/share/ec2-instance-connect/eic_run_authorized_keys %%u %%f" -o "AuthorizedKeysCommandUser ec2-instance-connect" $SSHD_OPTS
+UNIT
+}
+unit_of() { "$INSTALL" --root "$1" --sshd-unit; }
+EIC_CMD='option AuthorizedKeysCommand /usr/share/ec2-instance-connect/eic_run_authorized_keys %u %f'
+EIC_USER='option AuthorizedKeysCommandUser ec2-instance-connect'
+
+U=$W/units; mkdir "$U"
+T=$U/none; mkdir -p "$T"
+[ "$(unit_of "$T")" = "unit none" ] || fail "a tree without units: $(unit_of "$T")"
+T=$U/debian; unit_tree "$T"
+unit_of "$T" > "$W/u"
+grep -qx "unit ssh.service" "$W/u" && grep -qx "alias sshd.service" "$W/u" &&
+    grep -qx 'execstart /usr/sbin/sshd -D $SSHD_OPTS' "$W/u" && grep -qx "config /etc/ssh/sshd_config" "$W/u" &&
+    ! grep -q "^option" "$W/u" || fail "stock Debian unit: $(cat "$W/u")"
+eic_dropin "$T"
+unit_of "$T" > "$W/u"
+grep -qx "dropin /usr/lib/systemd/system/ssh.service.d/ec2-instance-connect.conf" "$W/u" &&
+    grep -qx "execstart-from /usr/lib/systemd/system/ssh.service.d/ec2-instance-connect.conf" "$W/u" &&
+    grep -qxF "$EIC_CMD" "$W/u" && grep -qxF "$EIC_USER" "$W/u" && [ "$(grep -c '^option' "$W/u")" = 2 ] ||
+    fail "EIC's override (ExecStart= reset, %% unescaped, quoted -o words): $(cat "$W/u")"
+# $SSHD_OPTS from the EnvironmentFile splits into words.
+echo 'SSHD_OPTS="-o LogLevel=VERBOSE -oMaxAuthTries=3"' >> "$T/etc/default/ssh"
+unit_of "$T" > "$W/u"
+grep -qx "option LogLevel=VERBOSE" "$W/u" && grep -qx "option MaxAuthTries=3" "$W/u" || fail "\$SSHD_OPTS: $(cat "$W/u")"
+# Same file name in /etc hides the one in /usr/lib; a drop-in sorting later (any directory) wins.
+mkdir -p "$T/etc/systemd/system/ssh.service.d" "$T/run/systemd/system/sshd.service.d"
+printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D -o "Banner none"\n' > "$T/etc/systemd/system/ssh.service.d/ec2-instance-connect.conf"
+unit_of "$T" > "$W/u"
+grep -qx 'option Banner none' "$W/u" && ! grep -q eic_run "$W/u" || fail "/etc did not hide /usr/lib's drop-in: $(cat "$W/u")"
+printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D -f /etc/ssh/other_config \\\n    -o "PermitRootLogin no"\n' > "$T/run/systemd/system/sshd.service.d/zz-late.conf"
+unit_of "$T" > "$W/u"
+grep -qx "execstart-from /run/systemd/system/sshd.service.d/zz-late.conf" "$W/u" && grep -qx "option PermitRootLogin no" "$W/u" &&
+    grep -qx "config /etc/ssh/other_config" "$W/u" && [ "$(grep -c '^option' "$W/u")" = 1 ] ||
+    fail "a later drop-in (of the alias, in /run, continued line, -f) did not win: $(cat "$W/u")"
+rm "$T/run/systemd/system/sshd.service.d/zz-late.conf"
+ln -sf /dev/null "$T/etc/systemd/system/ssh.service.d/ec2-instance-connect.conf"
+unit_of "$T" > "$W/u"
+grep -qxF "$EIC_CMD" "$W/u" || grep -q "^dropin /etc/.*ec2-instance-connect.conf" "$W/u" &&
+    fail "a drop-in masked with /dev/null still counts: $(cat "$W/u")"
+grep -qx 'execstart /usr/sbin/sshd -D $SSHD_OPTS' "$W/u" || fail "masked drop-in: $(cat "$W/u")"
+# RHEL / Amazon Linux: sshd.service, and EIC's older RPM override.
+T=$U/rhel; mkdir -p "$T/usr/lib/systemd/system/sshd.service.d"
+printf '[Service]\nEnvironmentFile=-/etc/sysconfig/sshd\nExecStart=/usr/sbin/sshd -D $OPTIONS\n' > "$T/usr/lib/systemd/system/sshd.service"
+printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D -o "AuthorizedKeysCommand /opt/aws/bin/eic_run_authorized_keys %%%%u %%%%f" -o "AuthorizedKeysCommandUser ec2-instance-connect" $OPTIONS\n' \
+    > "$T/usr/lib/systemd/system/sshd.service.d/ec2-instance-connect.conf"
+unit_of "$T" > "$W/u"
+grep -qx "unit sshd.service" "$W/u" && grep -qx "option AuthorizedKeysCommand /opt/aws/bin/eic_run_authorized_keys %u %f" "$W/u" ||
+    fail "sshd.service: $(cat "$W/u")"
+pass "sshd unit: fragment, alias, drop-ins from /etc /run /usr/lib sorted by name, masking, ExecStart= reset, \$SSHD_OPTS, -f, -o"
+
+# 5. Another command in effect: refused by default, naming it; --replace-other-command replaces it.
+base_tree() {  # base_tree TREE: sshd_config that includes the drop-in directory, account files
+    mkdir -p "$1/etc/ssh/sshd_config.d"; sandbox_accounts "$1"
+    printf 'Include /etc/ssh/sshd_config.d/*.conf\nKbdInteractiveAuthentication no\nUsePAM yes\n' > "$1/etc/ssh/sshd_config"
+}
+SSHD=$(command -v sshd || echo /usr/sbin/sshd)
+ssh-keygen -q -t ed25519 -N '' -f "$W/hostkey"
+tree_T() {  # tree_T TREE [sshd args]: sshd -T over TREE's config, drop-ins (absolute symlinks too) read inside
+            # TREE, into $W/T (a file: grep -q on a pipe would kill sshd with SIGPIPE under pipefail)
+    local t=$1 c=$W/treeT f; shift
+    rm -rf "$c"; mkdir -p "$c/d"
+    for f in "$t"/etc/ssh/sshd_config.d/*.conf; do
+        [ -e "$f" ] || [ -L "$f" ] || continue
+        if [ -L "$f" ] && [[ $(readlink "$f") == /* ]]; then cat "$t$(readlink "$f")"; else cat "$f"; fi > "$c/d/$(basename "$f")"
+    done
+    sed "s|^Include /etc/ssh/sshd_config.d/|Include $c/d/|" "$t/etc/ssh/sshd_config" > "$c/sshd_config"
+    "$SSHD" -T -f "$c/sshd_config" -o "HostKey=$W/hostkey" "$@" > "$W/T"
+}
+
+# systemd-userdb (Debian 13 with systemd-userdbd): a symlinked 20- drop-in.
+T=$W/userdb; base_tree "$T"
+mkdir -p "$T/usr/lib/systemd/sshd_config.d"
+printf 'AuthorizedKeysCommand /usr/bin/userdbctl ssh-authorized-keys %%u\nAuthorizedKeysCommandUser root\n' \
+    > "$T/usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf"
+ln -s /usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf"
+before=$(snapshot "$T")
+if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7"; then fail "displaced userdbctl without --replace-other-command"; fi
+grep -q "another AuthorizedKeysCommand is in effect: '/usr/bin/userdbctl ssh-authorized-keys %u'" "$W/log7" &&
+    grep -qF "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf:1:" "$W/log7" && grep -q -- "--replace-other-command" "$W/log7" ||
+    fail "the refusal does not name userdbctl, its file and the option: $(cat "$W/log7")"
+[ "$before" = "$(snapshot "$T")" ] || fail "a refused install changed the tree"
+"$INSTALL" --root "$T" --binary "$BIN" --replace-other-command 2>"$W/log7" || fail "--replace-other-command: $(cat "$W/log7")"
+grep -q "stop working" "$W/log7" || fail "no word on what stops working: $(cat "$W/log7")"
+tree_T "$T"; grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys --uid %U -- %u %f %t" "$W/T" ||
+    fail "ours is not in effect beside 20-systemd-userdb.conf: $(grep -i authorizedkeys "$W/T")"
+"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7" || fail "a re-run (ours in effect) was refused: $(cat "$W/log7")"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+tree_T "$T"; grep -qx "authorizedkeyscommand /usr/bin/userdbctl ssh-authorized-keys %u" "$W/T" || fail "uninstall did not give userdbctl back"
+pass "systemd-userdb's 20- drop-in: refused by default naming it; replaced with --replace-other-command (our 10- sorts first); uninstall gives it back"
+
+# EC2 Instance Connect's unit override: command-line options beat every file.
+T=$W/eic; base_tree "$T"; unit_tree "$T"; eic_dropin "$T"
+before=$(snapshot "$T")
+if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log8"; then fail "displaced EC2 Instance Connect without --replace-other-command"; fi
+grep -q "eic_run_authorized_keys %u %f" "$W/log8" && grep -q "ssh.service unit.*ec2-instance-connect.conf" "$W/log8" ||
+    fail "the refusal does not name EIC's unit drop-in: $(cat "$W/log8")"
+[ "$before" = "$(snapshot "$T")" ] || fail "a refused install changed the tree"
+"$INSTALL" --root "$T" --binary "$BIN" --replace-other-command 2>"$W/log8" || fail "--replace-other-command over EIC: $(cat "$W/log8")"
+ov=$T/etc/systemd/system/ssh.service.d/zz-iam-authorized-keys.conf
+[ -f "$ov" ] || fail "no unit drop-in: $(cat "$W/log8")"
+unit_of "$T" > "$W/u"
+grep -qx "execstart-from /etc/systemd/system/ssh.service.d/zz-iam-authorized-keys.conf" "$W/u" &&
+    grep -qx 'execstart /usr/sbin/sshd -D $SSHD_OPTS' "$W/u" && ! grep -q "^option" "$W/u" ||
+    fail "our unit drop-in is not the effective ExecStart: $(cat "$W/u")"
+tree_T "$T"; grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys --uid %U -- %u %f %t" "$W/T" || fail "ours not in effect"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+[ ! -e "$ov" ] && [ ! -e "$T/etc/systemd/system/ssh.service.d" ] || fail "uninstall left the unit drop-in"
+grep -qxF "$EIC_CMD" <(unit_of "$T") || fail "uninstall did not give EIC its command line back"
+pass "EC2 Instance Connect's unit override: refused by default naming it; replaced by a zz- unit drop-in; uninstall gives it back"
+
+# A unit that runs another config (tests' private sshd, -f) does not count for ours, and vice versa.
+T=$W/eicother; base_tree "$T"; unit_tree "$T"; eic_dropin "$T"
+printf 'UsePAM no\n' > "$T/etc/ssh/private_config"
+"$INSTALL" --root "$T" --binary "$BIN" --sshd-config /etc/ssh/private_config 2>"$W/log9" ||
+    fail "the unit's options were applied to another sshd config: $(cat "$W/log9")"
+pass "the unit's -o options count only for the config the unit runs"
+
+# Upgrade from the 50- drop-in name; an old-style install uninstalls too.
+T=$W/upgrade; base_tree "$T"
+"$INSTALL" --root "$T" --binary "$BIN" 2>/dev/null || fail "install for the upgrade test"
+old50=$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf
+mv "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" "$old50"
+sed -i 's|/10-iam-authorized-keys.conf$|/50-iam-authorized-keys.conf|' "$T/var/lib/iam-authorized-keys/iam-authorized-keys.manifest"
+
+"$INSTALL" --root "$T" --binary "$BIN" 2>/dev/null || fail "upgrade install"
+[ ! -e "$old50" ] && [ -f "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" ] || fail "upgrade kept the 50- drop-in"
+! grep -q 50-iam "$T/var/lib/iam-authorized-keys/iam-authorized-keys.manifest" || fail "manifest still lists 50-"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+[ -z "$(ls -A "$T/etc/ssh/sshd_config.d")" ] || fail "uninstall after upgrade left: $(ls "$T/etc/ssh/sshd_config.d")"
+T=$W/oldstyle; base_tree "$T"
+"$INSTALL" --root "$T" --binary "$BIN" 2>/dev/null
+mv "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf"
+sed -i 's|/10-iam-authorized-keys.conf$|/50-iam-authorized-keys.conf|' "$T/var/lib/iam-authorized-keys/iam-authorized-keys.manifest"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+[ -z "$(ls -A "$T/etc/ssh/sshd_config.d")" ] || fail "uninstall of a 50- install left: $(ls "$T/etc/ssh/sshd_config.d")"
+pass "upgrade removes the old 50- drop-in; uninstall handles the 50- and 10- names"
+
+# 6. Refusals say what to fix.
 for args in "--ttl 5%u" "--user root" "--cache-dir relative" "--bogus" "--region a\"b"; do
     # shellcheck disable=SC2086
     if "$INSTALL" --root "$W/empty" --binary "$BIN" $args 2>"$W/err"; then fail "accepted: $args"; fi
