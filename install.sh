@@ -21,6 +21,8 @@ PACKAGE=
 WITH_SYNC=0
 REPLACE_OTHER=0
 SHOW_UNIT=0
+DEFAULT_USERS=()
+NO_DEFAULT_USER=0
 SYNC_FLAGS=()
 FLAGS=()
 
@@ -52,6 +54,12 @@ Where:
                           systemd-userdb, SSSD, ...), replace it: the keys it served stop working.
                           Without this option install.sh refuses and names it. (When it comes from
                           the sshd unit's command line, a unit drop-in zz-$NAME.conf drops it.)
+  --default-user NAME     the image's default login account (repeatable), instead of finding it: it is
+                          never served from IAM (--deny-user) and keeps its ~/.ssh/authorized_keys
+                          (a Match User block at the end of the drop-in). Found by default from
+                          cloud-init's system_info.default_user (/etc/cloud/cloud.cfg, cloud.cfg.d/*.cfg)
+                          and, on Flatcar, 'core'
+  --no-default-user       no default account: AuthorizedKeysFile none for every account
   --sshd-unit             print the sshd systemd unit found in the tree, its effective ExecStart= and
                           the -o options it passes to sshd, then exit
   --package FILE.tar.gz   instead of installing, write a release tarball (binary, install.sh, drop-in,
@@ -98,6 +106,11 @@ while [ $# -gt 0 ]; do
         --package) PACKAGE=${2:?--package needs a file name}; shift ;;
         --with-sync) WITH_SYNC=1 ;;
         --replace-other-command) REPLACE_OTHER=1 ;;
+        --default-user)
+            [ $# -ge 2 ] || die "$1 needs a value"
+            [[ $2 =~ ^[a-z_][a-z0-9_.-]{0,31}$ ]] || die "--default-user '$2' is not a valid login name"
+            DEFAULT_USERS+=("$2"); shift ;;
+        --no-default-user) NO_DEFAULT_USER=1 ;;
         --sshd-unit) SHOW_UNIT=1 ;;
         --sync-group|--sudo-group|--remove-after|--remove|--managed-group|--sudoers-file|--sync-state)
             [ $# -ge 2 ] || die "$1 needs a value"
@@ -127,7 +140,7 @@ for p in "$CACHE_DIR" "$SSHD_CONFIG" "$SSHD_DIR" ${BINDIR:+"$BINDIR"}; do
     safe_value path "$p"
 done
 ROOT=$(cd "$ROOT" 2>/dev/null && pwd) || die "--root directory does not exist"
-[ "$ROOT" = / ] && R= || R=$ROOT
+[ "$ROOT" = / ] && R='' || R=$ROOT
 [ -n "$R" ] && RELOAD=0
 IS_ROOT=0; [ "$(id -u)" = 0 ] && IS_ROOT=1
 [ -z "$R" ] && [ $IS_ROOT = 0 ] && die "installing into / needs root (or use --root DIR)"
@@ -155,7 +168,7 @@ trap 'rm -rf "$SCRATCH"' EXIT
 MANIFEST=/var/lib/$NAME/$SVC_USER.manifest
 # 10-: sshd keeps the first value it reads, and drop-ins are read in file-name order; ours must come
 # before the common ones (20-systemd-userdb.conf, Flatcar's 50-flatcar-sshd.conf, EC2 Instance
-# Connect's 60-ec2-instance-connect.conf). Releases before 0.2 wrote 50-$NAME.conf (OLD_DROPIN).
+# Connect's 60-ec2-instance-connect.conf). Earlier versions wrote 50-$NAME.conf (OLD_DROPIN).
 DROPIN=$SSHD_DIR/10-$NAME.conf
 OLD_DROPIN=$SSHD_DIR/50-$NAME.conf
 SYSUSERS=/etc/sysusers.d/$SVC_USER.conf
@@ -589,6 +602,78 @@ validate_sshd() {
     fi
 }
 
+# --- the image's default account ------------------------------------------------------------------------
+# default_user_block: the end of our drop-in for DEFAULT_USERS (nothing without one).
+default_user_block() {
+    [ ${#DEFAULT_USERS[@]} -gt 0 ] || return 0
+    local IFS=,
+    cat <<BLOCK
+#
+# The image's default account: its launch key pair in ~/.ssh/authorized_keys keeps working, and it is
+# never served from IAM (--deny-user above). This Match block is the last thing in this file and ends
+# with it: OpenSSH (9.2 and 10.0 checked) scopes a Match inside an included file to that file, so it
+# cannot capture settings read after it; install.sh checks both with sshd -T -C user=....
+Match User ${DEFAULT_USERS[*]}
+    AuthorizedKeysFile .ssh/authorized_keys
+BLOCK
+}
+
+# Cloud images ship one login account (admin on Debian, ubuntu, ec2-user on Amazon Linux; core on Flatcar)
+# that gets the launch key pair in ~/.ssh/authorized_keys. It keeps that key pair, and an IAM user of the
+# same name is never served its (sudo) account.
+
+# cloud_default_user FILE: system_info.default_user.name in a cloud-init config (block or flow style);
+# a plain line parser, no YAML library: indentation decides what belongs to system_info/default_user.
+cloud_default_user() {
+    awk '
+        function ind(s) { match(s, /^ */); return RLENGTH }
+        function clean(v) { sub(/[ \t]+#.*$/, "", v); gsub(/["\047]/, "", v); sub(/[ \t\r]+$/, "", v); return v }
+        /^[ \t]*(#|$)/ { next }
+        {
+            i = ind($0)
+            if (i == 0) { si = ($0 ~ /^system_info:[ \t]*$/); du = 0; next }
+            if (!si) next
+            if (du && i <= duind) du = 0
+            if (!du && $0 ~ /^ +default_user:/) {
+                rest = $0; sub(/^ +default_user:[ \t]*/, "", rest)
+                if (rest ~ /^\{/ && match(rest, /name:[ \t]*[^,} \t]+/)) {
+                    v = substr(rest, RSTART, RLENGTH); sub(/^name:[ \t]*/, "", v); name = clean(v)
+                } else if (rest == "") { du = 1; duind = i; child = -1 }
+                next
+            }
+            if (du) {
+                if (child < 0) child = i
+                if (i == child && $0 ~ /^ +name:/) { v = $0; sub(/^ +name:[ \t]*/, "", v); name = clean(v) }
+            }
+        }
+        END { if (name != "") print name }' "$1"
+}
+
+# find_default_users: DEFAULT_USERS from --default-user, else cloud-init's (later files win, as
+# cloud-init merges cloud.cfg.d/*.cfg after cloud.cfg), else core on Flatcar.
+find_default_users() {
+    [ $NO_DEFAULT_USER = 1 ] && { DEFAULT_USERS=(); return 0; }
+    [ ${#DEFAULT_USERS[@]} -gt 0 ] && return 0
+    local f n found=
+    for f in "$R/etc/cloud/cloud.cfg" "$R/etc/cloud/cloud.cfg.d"/*.cfg; do
+        [ -f "$f" ] || continue
+        n=$(cloud_default_user "$f")
+        [ -n "$n" ] && found=$n
+    done
+    if [ -n "$found" ]; then
+        if [[ $found =~ ^[a-z_][a-z0-9_.-]{0,31}$ ]]; then
+            DEFAULT_USERS=("$found")
+            note "default account from cloud-init: $found (keeps ~/.ssh/authorized_keys, never served from IAM; --no-default-user to change)"
+        else
+            note "ignoring cloud-init's default_user '$found': not a valid login name"
+        fi
+    elif grep -qsE '^ID=("?)flatcar' "$R/etc/os-release"; then
+        DEFAULT_USERS=(core)
+        note "default account on Flatcar: core (keeps ~/.ssh/authorized_keys, never served from IAM; --no-default-user to change)"
+    fi
+    return 0
+}
+
 # verify_effective: sshd -T must show our command, our command user and our AuthorizedKeysFile choice.
 verify_effective() {
     if ! sshd_T; then
@@ -606,6 +691,19 @@ verify_effective() {
         [ "$got" = "$want" ] && continue
         bad=1
         note "sshd would not use our $kw: in effect is '$got', from $(who_sets "$kw")"
+    done
+    # The default accounts keep their authorized_keys, and only they: the Match block is scoped.
+    local u
+    for u in "${DEFAULT_USERS[@]}" iak-probe-not-a-default-user; do
+        if ! sshd_T "user=$u,host=localhost,addr=127.0.0.1"; then
+            note "sshd -T -C user=$u rejected the configuration: $(cat "$SCRATCH/T.err")"; return 1
+        fi
+        want=.ssh/authorized_keys
+        [ "$u" = iak-probe-not-a-default-user ] && want=none
+        got=$(effective authorizedkeysfile)
+        [ "$got" = "$want" ] && continue
+        bad=1
+        note "for user $u sshd would use AuthorizedKeysFile '$got', not '$want' (sshd -T -C user=$u)"
     done
     if [ $bad = 1 ]; then
         note "sshd keeps the first value it reads. Remove those lines, or move them below the line"
@@ -699,6 +797,8 @@ uninstall() {
 
 if [ $SHOW_UNIT = 1 ]; then show_unit; exit 0; fi
 if [ $UNINSTALL = 1 ]; then uninstall; exit 0; fi
+
+[ -n "$PACKAGE" ] || find_default_users
 
 # --- another AuthorizedKeysCommand already in effect? ---------------------------------------------------
 # sshd runs one command. Ours would displace one that is in effect, and the logins it serves would
@@ -880,6 +980,9 @@ fi
 record cachedir "$CACHE_DIR"
 
 # --- sshd drop-in ----------------------------------------------------------------------------------------
+for u in "${DEFAULT_USERS[@]}"; do
+    [[ " ${FLAGS[*]} " == *" --deny-user $u "* ]] || FLAGS+=(--deny-user "$u")
+done
 command_line="$dest"
 [ ${#FLAGS[@]} -gt 0 ] && command_line+=" ${FLAGS[*]}"
 [ "$CACHE_DIR" != /var/cache/$NAME ] && command_line+=" --cache-dir $CACHE_DIR"
@@ -889,13 +992,13 @@ mkdirs "$SSHD_DIR"
 [ -e "$R$DROPIN" ] || CREATED+=("$R$DROPIN")
 sed -e "s|^AuthorizedKeysCommand .*|AuthorizedKeysCommand $command_line|" \
     -e "s|^AuthorizedKeysCommandUser .*|AuthorizedKeysCommandUser $SVC_USER|" \
-    "$SRC_DIR/sshd_config.d/10-$NAME.conf" | put "$R$DROPIN" 644
+    "$SRC_DIR/sshd_config.d/10-$NAME.conf" | { cat; default_user_block; } | put "$R$DROPIN" 644
 record file "$DROPIN"
 # An upgrade from a release that wrote 50-$NAME.conf: that file goes (a rollback puts it back).
 if [ -f "$R$OLD_DROPIN" ] && { grep -qx "file $OLD_DROPIN" <<< "$OLD_MANIFEST" || [[ $(sed -n 1p "$R$OLD_DROPIN") == "# $NAME:"* ]]; }; then
     stash "$R$OLD_DROPIN"
     rm -f "$R$OLD_DROPIN"
-    note "removed $OLD_DROPIN (the drop-in's name before 0.2; now $DROPIN)"
+    note "removed $OLD_DROPIN (the drop-in's earlier name; now $DROPIN)"
 fi
 
 # --replace-other-command, when the other command is on the sshd unit's command line (EC2 Instance

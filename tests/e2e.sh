@@ -22,7 +22,9 @@ SVC=iak-e2e
 ALICE=iakalice$$ BOB=iakbob$$ CAROL=iakcarol$$
 # An IAM name Linux cannot hold, and its documented Linux name; a system account named like an IAM user.
 MAPPED_IAM="iakm$$+ops@ex.io" MAPPED=iakm$$.plus.ops.at.ex.io SYSU=iaksys$$
-USERS=("$ALICE" "$BOB" "$CAROL" "$MAPPED" "$SYSU")
+# The image's default account (named here; found in cloud-init's config on a real image).
+DEFU=iakdef$$
+USERS=("$ALICE" "$BOB" "$CAROL" "$MAPPED" "$SYSU" "$DEFU")
 SSHD_PID=
 PROXY_PID=
 
@@ -55,7 +57,7 @@ chmod 0644 "$E/credentials"
 "$HERE/../install.sh" --binary "$BIN" --bindir "$E/bin" --user "$SVC" --cache-dir "$E/cache" \
     --sshd-config "$E/sshd_config" --sshd-config-dir "$E/sshd_config.d" --no-reload \
     --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" \
-    --ttl 3 --negative-ttl 1 --max-stale 9 --timeout 2 --config "$E/iak.conf"
+    --ttl 3 --negative-ttl 1 --max-stale 9 --timeout 2 --config "$E/iak.conf" --default-user "$DEFU"
 grep -q "^Include $E/sshd_config.d/\*.conf" "$E/sshd_config" || fail "install.sh did not add the Include line"
 grep -q "^AuthorizedKeysCommandUser $SVC$" "$E/sshd_config.d/10-iam-authorized-keys.conf" || fail "drop-in user"
 [ "$(stat -c '%U %a' "$E/cache")" = "$SVC 700" ] || fail "cache dir owner/mode: $(stat -c '%U %a' "$E/cache")"
@@ -71,6 +73,7 @@ wait_port "$PORT" || fail "sshd did not start: $(cat "$E/sshd.log")"
 SSHD_PID=$(cat "$E/sshd.pid")
 
 for u in "${USERS[@]}"; do
+    [ "$u" = "$DEFU" ] && continue
     if [ "$u" = "$SYSU" ]; then sys=--system; else sys=; fi
     useradd $sys --no-create-home --home-dir / --shell /bin/sh "$u"
     usermod -p '*' "$u"   # '!' counts as locked with UsePAM no
@@ -87,6 +90,27 @@ login() { ssh_login "$E/$1" "$2"; }  # login KEY USER
 login alice $ALICE || fail "$ALICE with her active IAM key could not log in: $(tail -5 "$E/sshd.log")"
 grep -q "Accepted publickey for $ALICE" "$E/sshd.log" || fail "sshd did not log the accepted key"
 pass "login with an active IAM key"
+
+# The default account logs in with its launch key pair from ~/.ssh/authorized_keys; an IAM user of the
+# same name is never served it (no IAM call either); nobody else's authorized_keys counts.
+mkdir -p "$E/home"
+useradd --create-home --home-dir "$E/home/$DEFU" --shell /bin/sh "$DEFU"
+usermod -p '*' "$DEFU"
+ssh-keygen -q -t ed25519 -N '' -C launch -f "$E/launch"
+ssh-keygen -q -t ed25519 -N '' -C defiam -f "$E/defiam"
+install -d -m 0700 -o "$DEFU" -g "$DEFU" "$E/home/$DEFU/.ssh"
+install -m 0600 -o "$DEFU" -g "$DEFU" "$E/launch.pub" "$E/home/$DEFU/.ssh/authorized_keys"
+iam create-user "$DEFU"
+iam upload "$DEFU" "$E/defiam.pub" >/dev/null
+login launch "$DEFU" || fail "the default account could not log in with its authorized_keys key: $(tail -5 "$E/sshd.log")"
+! login defiam "$DEFU" || fail "an IAM user named like the default account logged in as it"
+curl -fsS "$IAM_URL/__proxy/counts" > "$E/counts" || fail "proxy counts"
+grep -q " $DEFU " "$E/counts" && fail "IAM was asked about the default account $DEFU"
+cp "$E/launch.pub" "$E/home/$DEFU/.ssh/authorized_keys2"
+chown "$DEFU:" "$E/home/$DEFU/.ssh/authorized_keys2"
+: > "$E/home/$DEFU/.ssh/authorized_keys"
+! login launch "$DEFU" || fail "authorized_keys2 counted for the default account (only .ssh/authorized_keys should)"
+pass "default account: logs in with ~/.ssh/authorized_keys, never served from IAM (no IAM call), only that file"
 
 # The command exits 0 for sshd on success, run exactly as sshd runs it.
 out=$(cd / && runuser -u "$SVC" -- env -i PATH=/usr/bin:/bin HOME=/nonexistent \
@@ -132,7 +156,8 @@ pass "login as mapped name $MAPPED for IAM user $MAPPED_IAM"
 iam create-user "$SYSU"
 iam upload "$SYSU" "$E/sys.pub" >/dev/null
 ! login sys "$SYSU" || fail "system account $SYSU (UID $(id -u "$SYSU")) logged in with an IAM key"
-curl -fsS "$IAM_URL/__proxy/counts" | grep -q " $SYSU " && fail "IAM was asked about system account $SYSU"
+curl -fsS "$IAM_URL/__proxy/counts" > "$E/counts" || fail "proxy counts"
+grep -q " $SYSU " "$E/counts" && fail "IAM was asked about system account $SYSU"
 pass "a system account named like an IAM user is refused without an IAM call"
 
 fwd() {  # stdio forwarding to sshd's own port: the banner comes back unless forwarding is refused

@@ -11,8 +11,8 @@ W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 
 snapshot() {  # every path with type, mode, owner, size, content hash; with a 2nd argument, mtimes too
-    local fmt='%p %y %m %u %s\n'
-    [ -n "${2:-}" ] && fmt='%p %y %m %u %s %T@\n'
+    local fmt='%p %y %m %U %G %s\n'   # numeric owner: names would come from the host's /etc/passwd
+    [ -n "${2:-}" ] && fmt='%p %y %m %U %G %s %T@\n'
     (cd "$1" && find . -printf "$fmt" | sort && find . -type f -exec sha256sum {} + | sort)
 }
 
@@ -93,10 +93,11 @@ printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
 "$INSTALL" --root "$T" --binary "$BIN" 2>/dev/null || fail "install into a Flatcar tree"
 [ -x "$T/opt/bin/iam-authorized-keys" ] && [ ! -e "$T/usr/local/bin/iam-authorized-keys" ] || fail "not in /opt/bin"
 [ -f "$T/opt/share/man/man8/iam-authorized-keys.8" ] && [ ! -e "$T/usr" ] || fail "Flatcar: docs must stay out of read-only /usr"
-grep -q "^AuthorizedKeysCommand /opt/bin/iam-authorized-keys --uid %U -- %u %f %t$" "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" ||
-    fail "Flatcar drop-in does not point at /opt/bin"
+grep -q "^AuthorizedKeysCommand /opt/bin/iam-authorized-keys --deny-user core --uid %U -- %u %f %t$" "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" ||
+    fail "Flatcar drop-in does not point at /opt/bin (or core is not denied): $(cat "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf")"
+grep -qx "Match User core" "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" || fail "Flatcar: no Match block for core"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null
-pass "Flatcar tree: binary in /opt/bin, drop-in points there"
+pass "Flatcar tree: binary in /opt/bin, drop-in points there; core keeps its authorized_keys and is never served from IAM"
 
 # 3. sshd -t failure rolls back: a drop-in sshd rejects (bad flag value sneaks no further than safe_value,
 #    so break the template copy instead).
@@ -313,7 +314,75 @@ sed -i 's|/10-iam-authorized-keys.conf$|/50-iam-authorized-keys.conf|' "$T/var/l
 [ -z "$(ls -A "$T/etc/ssh/sshd_config.d")" ] || fail "uninstall of a 50- install left: $(ls "$T/etc/ssh/sshd_config.d")"
 pass "upgrade removes the old 50- drop-in; uninstall handles the 50- and 10- names"
 
-# 6. Refusals say what to fix.
+# 6. The image's default account: found in cloud-init's config (or Flatcar's core, or named), never served
+#    from IAM, keeps its authorized_keys through a Match block scoped to our drop-in.
+cloud_cfg() {  # cloud_cfg TREE NAME: the shape of Debian's /etc/cloud/cloud.cfg
+    mkdir -p "$1/etc/cloud/cloud.cfg.d"
+    cat > "$1/etc/cloud/cloud.cfg" <<CFG
+# The top level settings are used as module
+# and base configuration.
+users:
+   - default
+disable_root: true
+system_info:
+   # This will affect which distro class gets used
+   distro: debian
+   default_user:
+     name: $2
+     lock_passwd: True
+     gecos: Debian
+     groups: [adm, audio, cdrom, dialout, dip, floppy, plugdev, sudo, video]
+     sudo: ["ALL=(ALL) NOPASSWD:ALL"]
+     shell: /bin/bash
+   paths:
+      cloud_dir: /var/lib/cloud/
+   ssh_svcname: ssh
+name: not-this-one
+CFG
+}
+DROPIN_REL=etc/ssh/sshd_config.d/10-iam-authorized-keys.conf
+T=$W/cloud; base_tree "$T"; cloud_cfg "$T" admin
+printf 'PermitRootLogin no\n' > "$T/etc/ssh/sshd_config.d/90-later.conf"
+before=$(snapshot "$T")
+"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log10" || fail "install with a cloud-init default user: $(cat "$W/log10")"
+grep -q "default account from cloud-init: admin" "$W/log10" || fail "no note about the default account: $(cat "$W/log10")"
+grep -q "^AuthorizedKeysCommand /usr/local/bin/iam-authorized-keys --deny-user admin --uid %U -- %u %f %t$" "$T/$DROPIN_REL" ||
+    fail "admin not in --deny-user: $(grep ^AuthorizedKeysCommand "$T/$DROPIN_REL")"
+[ "$(tail -2 "$T/$DROPIN_REL")" = "$(printf 'Match User admin\n    AuthorizedKeysFile .ssh/authorized_keys')" ] ||
+    fail "no Match block at the end of the drop-in: $(tail -3 "$T/$DROPIN_REL")"
+tree_T "$T" -C user=admin,host=x,addr=127.0.0.1
+grep -qx "authorizedkeysfile .ssh/authorized_keys" "$W/T" || fail "admin's AuthorizedKeysFile: $(grep -i authorizedkeysfile "$W/T")"
+tree_T "$T" -C user=alice,host=x,addr=127.0.0.1
+grep -qx "authorizedkeysfile none" "$W/T" || fail "the Match block leaked to alice: $(grep -i authorizedkeysfile "$W/T")"
+grep -qx "permitrootlogin no" "$W/T" || fail "the Match block captured a later drop-in's setting (not scoped to our file)"
+tree_T "$T" -C user=admin,host=x,addr=127.0.0.1
+grep -qx "permitrootlogin no" "$W/T" || fail "the later drop-in does not apply to admin either"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+[ "$(echo "$before" | grep -v "$accounts")" = "$(snapshot "$T" | grep -v "$accounts")" ] ||
+    fail "uninstall did not restore the cloud-init tree"
+pass "cloud-init's default_user (admin): --deny-user, Match block scoped to our drop-in (sshd -T -C), uninstall restores"
+
+# cloud.cfg.d overrides cloud.cfg (later files win); flow style; a name elsewhere is not taken.
+T=$W/cloud2; base_tree "$T"; cloud_cfg "$T" admin
+printf 'system_info:\n  default_user: {name: "ubuntu", lock_passwd: true}\n' > "$T/etc/cloud/cloud.cfg.d/90-override.cfg"
+printf 'users:\n  - name: notdefault\n' > "$T/etc/cloud/cloud.cfg.d/95-users.cfg"
+"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log11" || fail "install with cloud.cfg.d: $(cat "$W/log11")"
+grep -q -- "--deny-user ubuntu --uid" "$T/$DROPIN_REL" && grep -qx "Match User ubuntu" "$T/$DROPIN_REL" &&
+    ! grep -q "admin\|notdefault" "$T/$DROPIN_REL" || fail "cloud.cfg.d override: $(grep -i 'deny\|match' "$T/$DROPIN_REL")"
+# --default-user names them (repeatable); --no-default-user turns it off; both change the drop-in on a re-run.
+"$INSTALL" --root "$T" --binary "$BIN" --default-user ec2-user --default-user ops 2>/dev/null || fail "--default-user"
+grep -q -- "--deny-user ec2-user --deny-user ops --uid" "$T/$DROPIN_REL" && grep -qx "Match User ec2-user,ops" "$T/$DROPIN_REL" ||
+    fail "--default-user: $(grep -i 'deny\|match' "$T/$DROPIN_REL")"
+tree_T "$T" -C user=ops,host=x,addr=127.0.0.1
+grep -qx "authorizedkeysfile .ssh/authorized_keys" "$W/T" || fail "second --default-user has no authorized_keys"
+"$INSTALL" --root "$T" --binary "$BIN" --no-default-user 2>/dev/null || fail "--no-default-user"
+! grep -q "deny-user\|^Match" "$T/$DROPIN_REL" || fail "--no-default-user left: $(grep -i 'deny\|match' "$T/$DROPIN_REL")"
+tree_T "$T" -C user=ubuntu,host=x,addr=127.0.0.1
+grep -qx "authorizedkeysfile none" "$W/T" || fail "--no-default-user: ubuntu still has authorized_keys"
+if "$INSTALL" --root "$T" --binary "$BIN" --default-user 'Bad;name' 2>/dev/null; then fail "accepted a bad --default-user"; fi
+pass "cloud.cfg.d overrides cloud.cfg (flow style too); --default-user (repeatable) and --no-default-user"
+
+# 7. Refusals say what to fix.
 for args in "--ttl 5%u" "--user root" "--cache-dir relative" "--bogus" "--region a\"b"; do
     # shellcheck disable=SC2086
     if "$INSTALL" --root "$W/empty" --binary "$BIN" $args 2>"$W/err"; then fail "accepted: $args"; fi

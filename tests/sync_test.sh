@@ -45,7 +45,7 @@ private_sshd_config "$PORT" "$S1" "$S2" "$S3"
 test_credentials "$E/credentials"
 "$HERE/../install.sh" --binary "$BIN" --bindir "$E/bin" --user "$SVC" --cache-dir "$E/cache" \
     --sshd-config "$E/sshd_config" --sshd-config-dir "$E/sshd_config.d" --no-reload \
-    --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" --timeout 3 \
+    --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" --timeout 3 --no-default-user \
     --with-sync --sync-group "$GROUP" --sudo-group "$SUDO" --remove-after 3 --managed-group "$MARK" \
     --sudoers-file "$SUDOERS" --sync-state "$STATE" 2>"$E/install.log" || fail "install: $(cat "$E/install.log")"
 UNIT=/etc/systemd/system/$SVC-sync.service
