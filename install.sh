@@ -714,7 +714,7 @@ verify_effective() {
 
 reload_sshd() {
     [ $RELOAD = 1 ] || return 0
-    if [ "${UNIT_CHANGED:-0}" = 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    if [ "${UNIT_CHANGED:-0}" = 1 ] && [ -n "$UNIT_NAME" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
         # A changed ExecStart= takes effect only at a restart (open sessions survive it).
         systemctl daemon-reload
         if systemctl is-active --quiet "$UNIT_NAME"; then systemctl restart "$UNIT_NAME"; return; fi
@@ -760,7 +760,12 @@ uninstall() {
     include_dir=$(awk '$1 == "includedir" { print $2 }' "$m")
     while read -r kind path; do
         case $kind in
-            file) rm -f "$R$path" ;;
+            file)
+                rm -f "$R$path"
+                # Our unit drop-in (--replace-other-command): its removal gives the other command back,
+                # at sshd's next restart.
+                [[ $path == /etc/systemd/system/*.service.d/zz-$NAME.conf ]] && UNIT_CHANGED=1
+                ;;
             cachedir)
                 case $path in /*/*) rm -rf --one-file-system -- "$R$path" ;; *) note "not removing odd cache path '$path'" ;; esac ;;
             dir) dirs+=("$path") ;;
@@ -791,6 +796,10 @@ uninstall() {
     local i
     for ((i=${#dirs[@]}-1; i>=0; i--)); do rmdir "$R${dirs[$i]}" 2>/dev/null || true; done
     rmdir "$R$(dirname "$MANIFEST")" 2>/dev/null || true
+    if [ "${UNIT_CHANGED:-0}" = 1 ]; then
+        unit_load
+        [ -n "$R" ] || [ $RELOAD = 1 ] || note "restart sshd (systemctl daemon-reload; systemctl restart ${UNIT_NAME:-ssh}) to give its unit's command line back"
+    fi
     if [ -z "$R" ] && [ -f "$SSHD_CONFIG" ]; then validate_sshd && reload_sshd; fi
     note "uninstalled"
 }
