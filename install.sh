@@ -246,7 +246,7 @@ unit_parse() {
 }
 
 # unit_words TEXT: splits a systemd command line into UNIT_WORDS (quotes removed, C escapes and %%
-# resolved, $NAME/${NAME} left for unit_expand) and UNIT_RAW (each word's text as written).
+# resolved, $NAME/${NAME} left for unit_sshd_args) and UNIT_RAW (each word's text as written).
 unit_words() {
     local s=$1 i=0 n=${#1} c q word raw started
     UNIT_WORDS=() UNIT_RAW=()
@@ -275,10 +275,13 @@ unit_words() {
     done
 }
 
-# unit_env NAME: the value of NAME in the unit's environment (Environment= wins over EnvironmentFile=,
-# later files over earlier ones, as systemd does).
+# unit_env NAME: the value of NAME in the unit's environment: Environment= first, then the
+# EnvironmentFile= files in order, which override it (systemd.exec(5)).
 unit_env() {
     local v='' found=0 f line w
+    for w in "${UNIT_ENV[@]}"; do
+        [[ $w == "$1="* ]] && { v=${w#*=}; found=1; }
+    done
     for f in "${UNIT_ENV_FILES[@]}"; do
         f=${f#-}
         [ -f "$R$f" ] || continue
@@ -289,9 +292,6 @@ unit_env() {
             if [[ $v =~ ^\"(.*)\"$ ]] || [[ $v =~ ^\'(.*)\'$ ]]; then v=${BASH_REMATCH[1]}; fi
             found=1
         done < "$R$f"
-    done
-    for w in "${UNIT_ENV[@]}"; do
-        [[ $w == "$1="* ]] && { v=${w#*=}; found=1; }
     done
     [ $found = 1 ] && printf '%s' "$v"
     return 0

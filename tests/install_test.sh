@@ -201,6 +201,15 @@ grep -qx "dropin /usr/lib/systemd/system/ssh.service.d/ec2-instance-connect.conf
 echo 'SSHD_OPTS="-o LogLevel=VERBOSE -oMaxAuthTries=3"' >> "$T/etc/default/ssh"
 unit_of "$T" > "$W/u"
 grep -qx "option LogLevel=VERBOSE" "$W/u" && grep -qx "option MaxAuthTries=3" "$W/u" || fail "\$SSHD_OPTS: $(cat "$W/u")"
+# EnvironmentFile= overrides Environment= (systemd.exec(5)); without the file, Environment= counts.
+mkdir -p "$T/etc/systemd/system/ssh.service.d"
+printf '[Service]\nEnvironment="SSHD_OPTS=-o Banner=/from-environment"\n' > "$T/etc/systemd/system/ssh.service.d/10-env.conf"
+unit_of "$T" > "$W/u"
+grep -qx "option LogLevel=VERBOSE" "$W/u" && ! grep -q "from-environment" "$W/u" || fail "Environment= beat EnvironmentFile=: $(cat "$W/u")"
+mv "$T/etc/default/ssh" "$W/default-ssh"
+unit_of "$T" > "$W/u"
+grep -qx "option Banner=/from-environment" "$W/u" || fail "Environment= ignored without the file: $(cat "$W/u")"
+mv "$W/default-ssh" "$T/etc/default/ssh"; rm "$T/etc/systemd/system/ssh.service.d/10-env.conf"
 # Same file name in /etc hides the one in /usr/lib; a drop-in sorting later (any directory) wins.
 mkdir -p "$T/etc/systemd/system/ssh.service.d" "$T/run/systemd/system/sshd.service.d"
 printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D -o "Banner none"\n' > "$T/etc/systemd/system/ssh.service.d/ec2-instance-connect.conf"
