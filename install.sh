@@ -162,7 +162,14 @@ if [ $UNINSTALL = 0 ] && [ -z "$PACKAGE" ] && [ ! -x "$SSHD_BIN" ]; then
 fi
 
 SCRATCH=$(mktemp -d)
-trap 'rm -rf "$SCRATCH"' EXIT
+TREE_SCRATCH='' TREE_PRIVSEP=0 TREE_SSHD=''
+cleanup_scratch() {
+    rm -rf "$SCRATCH"
+    [ -n "$TREE_SCRATCH" ] && rm -rf "$TREE_SCRATCH"
+    if [ "$TREE_PRIVSEP" = 1 ]; then rmdir "$R/run/sshd" 2>/dev/null || true; fi
+    return 0
+}
+trap cleanup_scratch EXIT
 
 # Named after the service user, so a second, differently named install (tests) cannot collide.
 MANIFEST=/var/lib/$NAME/$SVC_USER.manifest
@@ -521,6 +528,37 @@ config_main() {
     echo "$out$SSHD_CONFIG"
 }
 
+# tree_sshd: whether an image tree has an sshd of its own that runs here (chroot, as root) and a config
+# to read. That sshd then judges the tree: its version's options and defaults, paths resolved inside the
+# tree. It needs a host key and its privilege separation directory inside the tree: made under the
+# tree's /run and removed at exit. Otherwise this machine's sshd reads a copy (config_main).
+tree_sshd() {
+    if [ -z "$TREE_SSHD" ]; then
+        TREE_SSHD=0
+        if [ -n "$R" ] && [ $IS_ROOT = 1 ] && [ -x "$R/usr/sbin/sshd" ] && [ -f "$R$SSHD_CONFIG" ] &&
+            [ -d "$R/run" ] && command -v chroot >/dev/null && chroot "$R" /usr/sbin/sshd -V >/dev/null 2>&1; then
+            TREE_SCRATCH=$(mktemp -d "$R/run/iak-check.XXXXXX")
+            ssh-keygen -q -t ed25519 -N '' -f "$TREE_SCRATCH/hostkey"
+            if [ ! -d "$R/run/sshd" ]; then install -d -m 0755 "$R/run/sshd"; TREE_PRIVSEP=1; fi
+            TREE_SSHD=1
+            note "checking with the tree's own sshd ($(chroot "$R" /usr/sbin/sshd -V 2>&1 | head -1))"
+        fi
+    fi
+    [ "$TREE_SSHD" = 1 ]
+}
+
+# sshd_run ARGS...: this machine's sshd on config_main, or the tree's own sshd in the tree, with a
+# host key of ours (the target's may not exist yet: images make theirs at first boot).
+sshd_run() {
+    if tree_sshd; then
+        chroot "$R" /usr/sbin/sshd -f "$SSHD_CONFIG" -o "HostKey=${TREE_SCRATCH#"$R"}/hostkey" "$@"
+    else
+        [ -f "$SCRATCH/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SCRATCH/hostkey"
+        [ -d /run/sshd ] || install -d -m 0755 /run/sshd 2>/dev/null || true
+        "$SSHD_BIN" -f "$(config_main)" -o "HostKey=$SCRATCH/hostkey" "$@"
+    fi
+}
+
 # unit_applies: whether the tree's sshd unit runs the config we install into (its -f, default
 # /etc/ssh/sshd_config). A private sshd with its own --sshd-config (tests) is not the unit's.
 unit_applies() {
@@ -531,15 +569,19 @@ unit_applies() {
 # sshd_T [CONNSPEC]: sshd -T over what sshd will run: the target's config plus the unit's -o options,
 # for connection CONNSPEC (-C) when given. Output in $SCRATCH/T, errors in $SCRATCH/T.err.
 sshd_T() {
-    local main; main=$(config_main)
-    [ -f "$SCRATCH/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SCRATCH/hostkey"
-    local -a args=(-T -f "$main" -o "HostKey=$SCRATCH/hostkey")
+    local -a args=(-T)
     if unit_applies; then
         local o; for o in "${UNIT_OPTS[@]}"; do args+=(-o "$o"); done
     fi
     [ -n "${1:-}" ] && args+=(-C "$1")
-    [ -d /run/sshd ] || mkdir -p /run/sshd 2>/dev/null || true
-    "$SSHD_BIN" "${args[@]}" > "$SCRATCH/T" 2> "$SCRATCH/T.err"
+    if [ -z "$R" ]; then
+        [ -f "$SCRATCH/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SCRATCH/hostkey"
+        [ -d /run/sshd ] || install -d -m 0755 /run/sshd 2>/dev/null || true
+        "$SSHD_BIN" -f "$SSHD_CONFIG" -o "HostKey=$SCRATCH/hostkey" "${args[@]}" > "$SCRATCH/T" 2> "$SCRATCH/T.err"
+    else
+        tree_sshd || true   # decided (and said) here, not under the redirection below
+        sshd_run "${args[@]}" > "$SCRATCH/T" 2> "$SCRATCH/T.err"
+    fi
 }
 
 # effective KEYWORD: its value in $SCRATCH/T (sshd -T prints lower-case keywords).
@@ -574,6 +616,28 @@ first_setter() {
     return 1
 }
 
+# boot_dropins: drop-ins systemd-tmpfiles will link into SSHD_DIR at boot that are not there yet
+# (systemd-userdbd ships its 20-systemd-userdb.conf that way: an image tree built in a chroot has no
+# link until first boot, and a deleted link comes back at the next boot). Prints "LINK TARGET" lines.
+boot_dropins() {
+    local -A seen=()
+    local d f base line typ path target
+    for d in /etc/tmpfiles.d /run/tmpfiles.d /usr/local/lib/tmpfiles.d /usr/lib/tmpfiles.d /lib/tmpfiles.d; do
+        for f in "$R$d"/*.conf; do
+            [ -f "$f" ] || continue
+            base=$(basename "$f")
+            [ -n "${seen[$base]:-}" ] && continue
+            seen[$base]=1
+            while read -r typ path _ _ _ _ target; do
+                [[ $typ == L* ]] && [ "$(dirname "$path")" = "$SSHD_DIR" ] && [[ $path == *.conf ]] || continue
+                [ -e "$R$path" ] || [ -L "$R$path" ] && continue
+                [ -z "$target" ] || [ "$target" = - ] && target=/usr/share/factory$path
+                printf '%s %s\n' "$path" "$target"
+            done < "$f"
+        done
+    done
+}
+
 # who_sets KEYWORD: where the effective value of KEYWORD comes from, for messages.
 who_sets() {
     local o
@@ -595,10 +659,9 @@ validate_sshd() {
     if [ -z "$R" ]; then
         "$sshd" -t -f "$SSHD_CONFIG"
     else
-        # An image tree's sshd cannot run here: this machine's sshd checks a copy of the tree's config
-        # (config_main), with a host key of its own.
-        [ -f "$SCRATCH/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SCRATCH/hostkey"
-        "$sshd" -t -f "$(config_main)" -o "HostKey=$SCRATCH/hostkey"
+        # The tree's own sshd in the tree, or this machine's on a copy of the tree's config (sshd_run).
+        tree_sshd || true
+        sshd_run -t
     fi
 }
 
@@ -830,6 +893,21 @@ if [ -z "$PACKAGE" ]; then
         fi
         note "replacing it (--replace-other-command): logins through '$other' stop working"
     fi
+    # What systemd-tmpfiles adds at boot counts too.
+    while read -r link target; do
+        [ -n "$link" ] || continue
+        cmd=$(awk 'tolower($1) == "authorizedkeyscommand" { $1 = ""; sub(/^ /, ""); print; exit }' "$(tree_path "$target")" 2>/dev/null || true)
+        [ -n "$cmd" ] || continue
+        note "at boot systemd-tmpfiles links $R$link -> $target, which sets AuthorizedKeysCommand '$cmd'"
+        if [[ $(basename "$link") < $(basename "$DROPIN") ]]; then
+            die "that file sorts before $(basename "$DROPIN") and would win: mask it (an empty $R/etc/tmpfiles.d/ file of the same name) first"
+        fi
+        if [ $REPLACE_OTHER = 0 ]; then
+            note "Ours would replace it, and the keys it serves would stop working."
+            die "refusing: mask it (an empty $R/etc/tmpfiles.d/ file of the same name), or run install.sh again with --replace-other-command"
+        fi
+        note "replacing it (--replace-other-command): logins through '$cmd' stop working"
+    done < <(boot_dropins)
 fi
 
 # --- the binary --------------------------------------------------------------------------------------
