@@ -2,7 +2,9 @@
 # install.sh on real Debian userlands, not only this machine's: Debian 12 (bookworm, OpenSSH 9.2) and
 # Debian 13 (trixie, OpenSSH 10.0, with systemd-userdbd) root trees built with debootstrap from the Debian
 # package registry (cached under target/images, rebuilt when missing; a scratch copy per test). Each tree's
-# OWN sshd judges the result (in the tree, by chroot) and serves a real ssh login on a loopback port.
+# OWN sshd judges the result (in the tree, by chroot) and serves real ssh logins on a loopback port, with
+# the IAM emulator (on loopback too: a chroot shares it) as IAM.
+#   - an IAM user's key logs in to its local account; an IAM user named like the default account is refused
 #   - the default account (cloud-init's default_user) logs in with its authorized_keys key; another
 #     account's authorized_keys does not count (AuthorizedKeysFile none); the Match block is scoped to our
 #     drop-in by both OpenSSH versions (sshd -T -C)
@@ -12,12 +14,17 @@
 #   - uninstall restores the tree (account files by content)
 # Needs root (chroot, accounts in the trees).
 #
-# usage: tests/images_test.sh STATIC_BINARY
+# usage: tests/images_test.sh STATIC_BINARY MOTO_URL PYTHON(with boto3)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 BIN=${1:?static binary}
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+MOTO_URL=${2:?moto url}
+PY=${3:?python with boto3}
+iam() { "$PY" "$HERE/iam_admin.py" "$MOTO_URL" "$@"; }
+# Unique per run: the emulator may outlive one run. DEF: the image's default account.
+DEF=iakdef$$ IAMU=iakimg$$
 INSTALL=$HERE/../install.sh
 [ "$(id -u)" = 0 ] || fail "images test needs root (chroot)"
 command -v debootstrap >/dev/null || fail "debootstrap missing (Debian package debootstrap)"
@@ -73,8 +80,8 @@ cloud_default() {
     chroot "$T" usermod -p '*' "$1"   # no password, not locked ('!' is locked with UsePAM no)
     rm -f "$W/launch" "$W/launch.pub"
     ssh-keygen -q -t ed25519 -N '' -C launch -f "$W/launch"
-    # Lookups for other accounts must not leave this machine (no instance metadata, no AWS): a
-    # credentials file and an IAM endpoint on a closed loopback port, passed to install.sh as LOOKUP.
+    # Lookups never leave this machine (no instance metadata, no AWS): a credentials file and the
+    # emulator as IAM endpoint, passed to install.sh as LOOKUP.
     printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$T/etc/iak-test-credentials"
     chmod 0644 "$T/etc/iak-test-credentials"
     install -d -m 0700 "$T/home/$1/.ssh"
@@ -83,10 +90,14 @@ cloud_default() {
 }
 
 # login_test WHAT: the tree's own sshd on a loopback port (in the tree; it shares this loopback) logs the
-# default account in with its key, and refuses another account that has an authorized_keys file.
+# default account in with its key and an IAM user with its IAM key; refuses the default account to an IAM
+# user of the same name, and another account's authorized_keys file.
 login_test() {
-    chroot "$T" useradd --create-home --shell /bin/sh other
-    chroot "$T" usermod -p '*' other
+    local u
+    for u in other "$IAMU"; do
+        chroot "$T" useradd --create-home --shell /bin/sh "$u"
+        chroot "$T" usermod -p '*' "$u"
+    done
     install -d -m 0700 "$T/home/other/.ssh"
     install -m 0600 "$W/launch.pub" "$T/home/other/.ssh/authorized_keys"
     chroot "$T" chown -R other: /home/other/.ssh
@@ -95,19 +106,29 @@ login_test() {
         -o PidFile=/run/iak-test-sshd.pid -E /run/iak-test-sshd.log 2>>"$W/sshd.stderr" &
     SSHD_PID=$!
     wait_port "$PORT" || fail "$1: the tree's sshd did not start: $(cat "$T/run/iak-test-sshd.log")"
-    ssh_login "$W/launch" admin || fail "$1: the default account could not log in with its key: $(tail -5 "$T/run/iak-test-sshd.log")"
+    ssh_login "$W/iamkey" "$IAMU" || fail "$1: IAM user $IAMU could not log in with its IAM key: $(tail -5 "$T/run/iak-test-sshd.log")"
+    ssh_login "$W/launch" "$DEF" || fail "$1: the default account could not log in with its key: $(tail -5 "$T/run/iak-test-sshd.log")"
+    ! ssh_login "$W/defiam" "$DEF" || fail "$1: an IAM user named like the default account logged in as it"
     ! ssh_login "$W/launch" other || fail "$1: another account's authorized_keys counted (AuthorizedKeysFile none expected)"
     kill "$SSHD_PID"; wait "$SSHD_PID" 2>/dev/null || true; SSHD_PID=
     rm -f "$T/run/iak-test-sshd.pid" "$T/run/iak-test-sshd.log"
-    chroot "$T" userdel --remove other 2>/dev/null
+    rm -rf "$T/var/cache/iam-authorized-keys/"*   # records of this test; uninstall compares the tree
+    for u in other "$IAMU"; do chroot "$T" userdel --remove "$u" 2>/dev/null; done
 }
-LOOKUP=(--credentials-file /etc/iak-test-credentials --endpoint-url http://127.0.0.1:9 --timeout 1)
 
-# scoped VERSION: the Match block for admin is scoped to our drop-in (settings read after it, Debian's
-# X11Forwarding yes in sshd_config, still apply to other accounts) and gives admin its file.
+# IAM users: one with a local account in the trees, one named like the default account.
+for k in iamkey defiam; do ssh-keygen -q -t ed25519 -N '' -C "$k" -f "$W/$k"; done
+iam create-user "$IAMU"
+iam upload "$IAMU" "$W/iamkey.pub" >/dev/null
+iam create-user "$DEF"
+iam upload "$DEF" "$W/defiam.pub" >/dev/null
+LOOKUP=(--credentials-file /etc/iak-test-credentials --endpoint-url "$MOTO_URL" --timeout 3)
+
+# scoped VERSION: the Match block for the default account is scoped to our drop-in (settings read after
+# it, Debian's X11Forwarding yes in sshd_config, still apply to other accounts) and gives it its file.
 scoped() {
-    tT -C user=admin,host=x,addr=127.0.0.1
-    grep -qx "authorizedkeysfile .ssh/authorized_keys" "$W/T" || fail "$1: admin's AuthorizedKeysFile: $(grep -i authorizedkeysfile "$W/T")"
+    tT -C "user=$DEF,host=x,addr=127.0.0.1"
+    grep -qx "authorizedkeysfile .ssh/authorized_keys" "$W/T" || fail "$1: $DEF's AuthorizedKeysFile: $(grep -i authorizedkeysfile "$W/T")"
     tT -C user=alice,host=x,addr=127.0.0.1
     grep -qx "authorizedkeysfile none" "$W/T" || fail "$1: the Match block leaked to alice"
     grep -qx "x11forwarding yes" "$W/T" || fail "$1: the Match block captured sshd_config's later settings (not scoped)"
@@ -118,13 +139,13 @@ tree trixie trixie openssh-server,systemd-userdbd
 
 # --- Debian 12 -----------------------------------------------------------------------------------------
 fresh bookworm
-cloud_default admin
+cloud_default "$DEF"
 before=$(snapshot "$T")
 "$INSTALL" --root "$T" --binary "$BIN" "${LOOKUP[@]}" 2>"$W/log1" || fail "Debian 12: install: $(cat "$W/log1")"
 grep -q "checking with the tree's own sshd (OpenSSH_9.2" "$W/log1" || fail "Debian 12: not judged by the tree's sshd: $(cat "$W/log1")"
-grep -q "default account from cloud-init: admin" "$W/log1" || fail "Debian 12: default account not found"
+grep -q "default account from cloud-init: $DEF" "$W/log1" || fail "Debian 12: default account not found"
 tT
-grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user admin --uid %U -- %u %f %t" "$W/T" &&
+grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user $DEF --uid %U -- %u %f %t" "$W/T" &&
     grep -qx "authorizedkeyscommanduser iam-authorized-keys" "$W/T" && grep -qx "authorizedkeysfile none" "$W/T" ||
     fail "Debian 12: not in effect: $(grep -i authorizedkeys "$W/T")"
 scoped "Debian 12 (OpenSSH 9.2)"
@@ -132,7 +153,7 @@ login_test "Debian 12"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null || fail "Debian 12: uninstall"
 [ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "Debian 12: uninstall did not restore the tree"; }
 ! grep -q '^iam-authorized-keys:' "$T/etc/passwd" || fail "Debian 12: uninstall left the service user"
-pass "Debian 12 (OpenSSH 9.2): judged by its own sshd, default account logs in with its key, others' authorized_keys do not count, Match scoped, uninstall restores"
+pass "Debian 12 (OpenSSH 9.2): judged by its own sshd; IAM user logs in; default account logs in with its key, never as the IAM user of its name; others' authorized_keys do not count; Match scoped; uninstall restores"
 
 # EC2 Instance Connect's override over the real ssh.service of the package.
 fresh bookworm
@@ -154,7 +175,7 @@ pass "Debian 12: EC2 Instance Connect's override of the package's ssh.service is
 fresh trixie
 [ -f "$T/usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf" ] || fail "Debian 13: systemd-userdbd ships no sshd drop-in (package changed?)"
 rm -f "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf"   # as built in a chroot: the link comes at first boot
-cloud_default admin
+cloud_default "$DEF"
 before=$(snapshot "$T")
 if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log3"; then fail "Debian 13: ignored the userdb link systemd-tmpfiles makes at boot"; fi
 grep -q "at boot systemd-tmpfiles links .*20-systemd-userdb.conf.*userdbctl ssh-authorized-keys %u" "$W/log3" ||
@@ -168,7 +189,7 @@ grep -q "another AuthorizedKeysCommand is in effect: '/usr/bin/userdbctl ssh-aut
 "$INSTALL" --root "$T" --binary "$BIN" "${LOOKUP[@]}" --replace-other-command 2>"$W/log3" || fail "Debian 13: --replace-other-command: $(cat "$W/log3")"
 grep -q "checking with the tree's own sshd (OpenSSH_10" "$W/log3" || fail "Debian 13: not judged by the tree's sshd: $(cat "$W/log3")"
 tT
-grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user admin --uid %U -- %u %f %t" "$W/T" &&
+grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user $DEF --uid %U -- %u %f %t" "$W/T" &&
     grep -qx "authorizedkeyscommanduser iam-authorized-keys" "$W/T" || fail "Debian 13: ours not in effect: $(grep -i authorizedkeys "$W/T")"
 scoped "Debian 13 (OpenSSH 10.0)"
 login_test "Debian 13"
@@ -176,6 +197,6 @@ login_test "Debian 13"
 [ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "Debian 13: uninstall did not restore the tree"; }
 tT
 grep -qx "authorizedkeyscommand /usr/bin/userdbctl ssh-authorized-keys %u" "$W/T" || fail "Debian 13: uninstall did not give userdbctl back"
-pass "Debian 13 (OpenSSH 10.0, systemd-userdbd): userdb named (also the link tmpfiles makes at boot) and refused; replaced on request; default account logs in; uninstall gives userdb back"
+pass "Debian 13 (OpenSSH 10.0, systemd-userdbd): userdb named (also the link tmpfiles makes at boot) and refused; replaced on request; IAM user and default account log in; uninstall gives userdb back"
 
 echo "images: ${PASSED} passed, 0 failed"

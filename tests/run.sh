@@ -77,7 +77,7 @@ step "install.sh"
 tests/install_test.sh "$BIN"
 
 step "install.sh on real Debian 12 and 13 trees"
-tests/images_test.sh "$BIN"
+tests/images_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"
 
 step "image-pipeline examples"
 tests/examples_test.sh "$BIN" "$VENV/bin/python"
