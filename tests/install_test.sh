@@ -180,6 +180,19 @@ ExecStart=/usr/sbin/sshd -D -o "AuthorizedKeysCommand /usr/share/ec2-instance-co
 UNIT
 }
 unit_of() { "$INSTALL" --root "$1" --sshd-unit; }
+# same_order TREE: install.sh reads the unit's files in the order systemd's own code does (systemd-analyze
+# cat-config: the fragment, then drop-ins by file name, /etc hiding /run and /usr/lib; a drop-in masked
+# with /dev/null contributes nothing). Alias drop-in directories are not covered by that tool.
+command -v systemd-analyze >/dev/null || fail "systemd-analyze missing (Debian package systemd)"
+same_order() {
+    local sys ours
+    sys=$(systemd-analyze --root="$1" cat-config systemd/system/ssh.service 2>/dev/null | sed -n "s|^# $1||p" |
+        while read -r f; do [ "$(readlink "$1$f")" = /dev/null ] || echo "$f"; done)
+    ours=$(unit_of "$1" | sed -n 's/^\(fragment\|dropin\) //p')
+    [ -n "$sys" ] && [ "$sys" = "$ours" ] || fail "unit file order differs from systemd's:
+systemd-analyze: $sys
+install.sh:      $ours"
+}
 EIC_CMD='option AuthorizedKeysCommand /usr/share/ec2-instance-connect/eic_run_authorized_keys %u %f'
 EIC_USER='option AuthorizedKeysCommandUser ec2-instance-connect'
 
@@ -191,7 +204,9 @@ unit_of "$T" > "$W/u"
 grep -qx "unit ssh.service" "$W/u" && grep -qx "alias sshd.service" "$W/u" &&
     grep -qx 'execstart /usr/sbin/sshd -D $SSHD_OPTS' "$W/u" && grep -qx "config /etc/ssh/sshd_config" "$W/u" &&
     ! grep -q "^option" "$W/u" || fail "stock Debian unit: $(cat "$W/u")"
+same_order "$T"
 eic_dropin "$T"
+same_order "$T"
 unit_of "$T" > "$W/u"
 grep -qx "dropin /usr/lib/systemd/system/ssh.service.d/ec2-instance-connect.conf" "$W/u" &&
     grep -qx "execstart-from /usr/lib/systemd/system/ssh.service.d/ec2-instance-connect.conf" "$W/u" &&
@@ -206,6 +221,7 @@ mkdir -p "$T/etc/systemd/system/ssh.service.d"
 printf '[Service]\nEnvironment="SSHD_OPTS=-o Banner=/from-environment"\n' > "$T/etc/systemd/system/ssh.service.d/10-env.conf"
 unit_of "$T" > "$W/u"
 grep -qx "option LogLevel=VERBOSE" "$W/u" && ! grep -q "from-environment" "$W/u" || fail "Environment= beat EnvironmentFile=: $(cat "$W/u")"
+same_order "$T"
 mv "$T/etc/default/ssh" "$W/default-ssh"
 unit_of "$T" > "$W/u"
 grep -qx "option Banner=/from-environment" "$W/u" || fail "Environment= ignored without the file: $(cat "$W/u")"
@@ -215,6 +231,9 @@ mkdir -p "$T/etc/systemd/system/ssh.service.d" "$T/run/systemd/system/sshd.servi
 printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D -o "Banner none"\n' > "$T/etc/systemd/system/ssh.service.d/ec2-instance-connect.conf"
 unit_of "$T" > "$W/u"
 grep -qx 'option Banner none' "$W/u" && ! grep -q eic_run "$W/u" || fail "/etc did not hide /usr/lib's drop-in: $(cat "$W/u")"
+mkdir -p "$T/run/systemd/system/ssh.service.d"; printf '[Service]\n' > "$T/run/systemd/system/ssh.service.d/aa-early.conf"
+same_order "$T"
+rm "$T/run/systemd/system/ssh.service.d/aa-early.conf"
 printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D -f /etc/ssh/other_config \\\n    -o "PermitRootLogin no"\n' > "$T/run/systemd/system/sshd.service.d/zz-late.conf"
 unit_of "$T" > "$W/u"
 grep -qx "execstart-from /run/systemd/system/sshd.service.d/zz-late.conf" "$W/u" && grep -qx "option PermitRootLogin no" "$W/u" &&
@@ -226,6 +245,7 @@ unit_of "$T" > "$W/u"
 grep -qxF "$EIC_CMD" "$W/u" || grep -q "^dropin /etc/.*ec2-instance-connect.conf" "$W/u" &&
     fail "a drop-in masked with /dev/null still counts: $(cat "$W/u")"
 grep -qx 'execstart /usr/sbin/sshd -D $SSHD_OPTS' "$W/u" || fail "masked drop-in: $(cat "$W/u")"
+same_order "$T"
 # RHEL / Amazon Linux: sshd.service, and EIC's older RPM override.
 T=$U/rhel; mkdir -p "$T/usr/lib/systemd/system/sshd.service.d"
 printf '[Service]\nEnvironmentFile=-/etc/sysconfig/sshd\nExecStart=/usr/sbin/sshd -D $OPTIONS\n' > "$T/usr/lib/systemd/system/sshd.service"
@@ -234,7 +254,7 @@ printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D -o "AuthorizedKeysCom
 unit_of "$T" > "$W/u"
 grep -qx "unit sshd.service" "$W/u" && grep -qx "option AuthorizedKeysCommand /opt/aws/bin/eic_run_authorized_keys %u %f" "$W/u" ||
     fail "sshd.service: $(cat "$W/u")"
-pass "sshd unit: fragment, alias, drop-ins from /etc /run /usr/lib sorted by name, masking, ExecStart= reset, \$SSHD_OPTS, -f, -o"
+pass "sshd unit: fragment, alias, drop-ins from /etc /run /usr/lib sorted by name (same order as systemd-analyze), masking, ExecStart= reset, \$SSHD_OPTS, -f, -o"
 
 # 5. Another command in effect: refused by default, naming it; --replace-other-command replaces it.
 base_tree() {  # base_tree TREE: sshd_config that includes the drop-in directory, account files
