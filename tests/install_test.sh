@@ -280,6 +280,19 @@ T=$W/userdb; base_tree "$T"
 mkdir -p "$T/usr/lib/systemd/sshd_config.d"
 printf 'AuthorizedKeysCommand /usr/bin/userdbctl ssh-authorized-keys %%u\nAuthorizedKeysCommandUser root\n' \
     > "$T/usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf"
+# Built in a chroot, the tree has no link yet: systemd-tmpfiles makes it at first boot.
+mkdir -p "$T/usr/lib/tmpfiles.d"
+printf 'L /etc/ssh/sshd_config.d/20-systemd-userdb.conf - - - - /usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf\n' \
+    > "$T/usr/lib/tmpfiles.d/20-systemd-userdb.conf"
+before=$(snapshot "$T")
+if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7"; then fail "ignored the userdb link systemd-tmpfiles makes at boot"; fi
+grep -q "at boot systemd-tmpfiles links $T/etc/ssh/sshd_config.d/20-systemd-userdb.conf .*'/usr/bin/userdbctl ssh-authorized-keys %u'" "$W/log7" ||
+    fail "the refusal does not name the boot-time link: $(cat "$W/log7")"
+[ "$before" = "$(snapshot "$T")" ] || fail "a refused install changed the tree"
+mkdir -p "$T/etc/tmpfiles.d"; : > "$T/etc/tmpfiles.d/20-systemd-userdb.conf"   # the admin masks it
+"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7" || fail "a tmpfiles entry masked in /etc still counted: $(cat "$W/log7")"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+rm -r "$T/etc/tmpfiles.d"
 ln -s /usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf"
 before=$(snapshot "$T")
 if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7"; then fail "displaced userdbctl without --replace-other-command"; fi
@@ -294,7 +307,7 @@ tree_T "$T"; grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys 
 "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7" || fail "a re-run (ours in effect) was refused: $(cat "$W/log7")"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null
 tree_T "$T"; grep -qx "authorizedkeyscommand /usr/bin/userdbctl ssh-authorized-keys %u" "$W/T" || fail "uninstall did not give userdbctl back"
-pass "systemd-userdb's 20- drop-in: refused by default naming it; replaced with --replace-other-command (our 10- sorts first); uninstall gives it back"
+pass "systemd-userdb's 20- drop-in (and the link tmpfiles makes at boot; masked in /etc: ignored): refused by default naming it; replaced with --replace-other-command (our 10- sorts first); uninstall gives it back"
 
 # EC2 Instance Connect's unit override: command-line options beat every file.
 T=$W/eic; base_tree "$T"; unit_tree "$T"; eic_dropin "$T"
