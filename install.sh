@@ -31,8 +31,12 @@ usage() {
 Usage: ./install.sh [OPTIONS]
 
 Builds the static ($TARGET) binary, installs it root-owned 0755, creates the locked system user and its
-0700 cache directory, installs the sshd drop-in, validates with 'sshd -t' (rolling back on failure)
-and reloads sshd. Running it again changes nothing; --uninstall removes what it installed.
+0700 cache directory, installs the sshd drop-in (10-$NAME.conf), validates with 'sshd -t' and checks
+with 'sshd -T' (plus the -o options of sshd's systemd unit) that its AuthorizedKeysCommand, user and
+AuthorizedKeysFile are the ones in effect, rolling everything back otherwise (naming what wins), and
+reloads sshd. Refuses when another AuthorizedKeysCommand is in effect (see --replace-other-command).
+Keeps the image's default account on its authorized_keys (see --default-user). Running it again
+changes nothing; --uninstall removes what it installed.
 
 Where:
   --root DIR              install into the tree DIR (image builds, tests); implies --no-reload.
