@@ -13,6 +13,7 @@ BINARY=
 BINDIR=
 SVC_USER=$NAME
 CACHE_DIR=/var/cache/$NAME
+STATE_DIR=/var/lib/$NAME
 SSHD_CONFIG=/etc/ssh/sshd_config
 SSHD_DIR=/etc/ssh/sshd_config.d
 RELOAD=1
@@ -45,6 +46,8 @@ Where:
   --bindir DIR            default /usr/local/bin; /opt/bin on Flatcar or when /usr is read-only
   --user NAME             AuthorizedKeysCommandUser to create (default $NAME)
   --cache-dir DIR         default /var/cache/$NAME
+  --state-dir DIR         where the manifest of what was installed lives (default /var/lib/$NAME;
+                          give it to --uninstall too)
   --sshd-config PATH      main sshd config (default /etc/ssh/sshd_config)
   --sshd-config-dir DIR   drop-in directory (default /etc/ssh/sshd_config.d)
   --no-reload             do not reload sshd (image pipelines)
@@ -103,6 +106,7 @@ while [ $# -gt 0 ]; do
         --bindir) BINDIR=${2:?}; shift ;;
         --user) SVC_USER=${2:?}; shift ;;
         --cache-dir) CACHE_DIR=${2:?}; shift ;;
+        --state-dir) STATE_DIR=${2:?}; shift ;;
         --sshd-config) SSHD_CONFIG=${2:?}; shift ;;
         --sshd-config-dir) SSHD_DIR=${2:?}; shift ;;
         --no-reload) RELOAD=0 ;;
@@ -139,7 +143,7 @@ done
 
 [[ $SVC_USER =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || die "--user '$SVC_USER' is not a valid system user name"
 [ "$SVC_USER" != root ] && [ "$SVC_USER" != nobody ] || die "--user must be a dedicated account, not $SVC_USER"
-for p in "$CACHE_DIR" "$SSHD_CONFIG" "$SSHD_DIR" ${BINDIR:+"$BINDIR"}; do
+for p in "$CACHE_DIR" "$STATE_DIR" "$SSHD_CONFIG" "$SSHD_DIR" ${BINDIR:+"$BINDIR"}; do
     [[ $p == /* ]] || die "$p must be an absolute path"
     safe_value path "$p"
 done
@@ -176,7 +180,7 @@ cleanup_scratch() {
 trap cleanup_scratch EXIT
 
 # Named after the service user, so a second, differently named install (tests) cannot collide.
-MANIFEST=/var/lib/$NAME/$SVC_USER.manifest
+MANIFEST=$STATE_DIR/$SVC_USER.manifest
 # 10-: sshd keeps the first value it reads, and drop-ins are read in file-name order; ours must come
 # before the common ones (20-systemd-userdb.conf, Flatcar's 50-flatcar-sshd.conf, EC2 Instance
 # Connect's 60-ec2-instance-connect.conf). Earlier versions wrote 50-$NAME.conf (OLD_DROPIN).

@@ -33,7 +33,7 @@ cleanup() {
     [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null
     [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null
     "$HERE/../install.sh" --uninstall --user "$SVC" --sshd-config "$E/sshd_config" \
-        --sshd-config-dir "$E/sshd_config.d" --bindir "$E/bin" --cache-dir "$E/cache" --no-reload >/dev/null 2>&1
+        --sshd-config-dir "$E/sshd_config.d" --bindir "$E/bin" --cache-dir "$E/cache" --state-dir "$E/state" --no-reload >/dev/null 2>&1
     for u in "${USERS[@]}"; do userdel "$u" 2>/dev/null; done
     [ -n "${KEEP_E2E:-}" ] && { echo "kept $E"; return; }
     rm -rf "$E"
@@ -54,7 +54,7 @@ chmod 0644 "$E/credentials"
 # Root-owned config file: key options are read from it on every lookup (quotes cannot go in sshd_config).
 : > "$E/iak.conf"
 
-"$HERE/../install.sh" --binary "$BIN" --bindir "$E/bin" --user "$SVC" --cache-dir "$E/cache" \
+"$HERE/../install.sh" --binary "$BIN" --bindir "$E/bin" --user "$SVC" --cache-dir "$E/cache" --state-dir "$E/state" \
     --sshd-config "$E/sshd_config" --sshd-config-dir "$E/sshd_config.d" --no-reload \
     --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" \
     --ttl 3 --negative-ttl 1 --max-stale 9 --timeout 2 --config "$E/iak.conf" --default-user "$DEFU"
@@ -233,13 +233,14 @@ pass "IAM back: login works again"
 pass "sshd found the command path safe"
 
 kill "$SSHD_PID"; SSHD_PID=
-"$HERE/../install.sh" --uninstall --user "$SVC" --sshd-config "$E/sshd_config" --no-reload ||
+"$HERE/../install.sh" --uninstall --user "$SVC" --sshd-config "$E/sshd_config" --state-dir "$E/state" --no-reload ||
     fail "uninstall failed"
 ! getent passwd "$SVC" >/dev/null || fail "uninstall left the service user"
 [ ! -e "$E/bin/iam-authorized-keys" ] && [ ! -e "$E/cache" ] && [ ! -e "$E/sshd_config.d" ] ||
     fail "uninstall left files: $(ls "$E")"
 ! grep -q "Include $E/sshd_config.d" "$E/sshd_config" || fail "uninstall left the Include line"
-[ ! -e /var/lib/iam-authorized-keys/$SVC.manifest ] || fail "uninstall left its manifest"
+[ ! -e "$E/state/$SVC.manifest" ] || fail "uninstall left its manifest"
+[ ! -e /var/lib/iam-authorized-keys/$SVC.manifest ] || fail "the test's manifest went to the host's state directory"
 pass "uninstall removes binary, cache, drop-in, Include line and user"
 
 echo "e2e: ${PASSED} passed, 0 failed"
