@@ -14,6 +14,7 @@ BINDIR=
 SVC_USER=$NAME
 CACHE_DIR=/var/cache/$NAME
 STATE_DIR=/var/lib/$NAME
+SSHD_CONFIG_SET=0
 SSHD_CONFIG=/etc/ssh/sshd_config
 SSHD_DIR=/etc/ssh/sshd_config.d
 RELOAD=1
@@ -107,7 +108,7 @@ while [ $# -gt 0 ]; do
         --user) SVC_USER=${2:?}; shift ;;
         --cache-dir) CACHE_DIR=${2:?}; shift ;;
         --state-dir) STATE_DIR=${2:?}; shift ;;
-        --sshd-config) SSHD_CONFIG=${2:?}; shift ;;
+        --sshd-config) SSHD_CONFIG=${2:?}; SSHD_CONFIG_SET=1; shift ;;
         --sshd-config-dir) SSHD_DIR=${2:?}; shift ;;
         --no-reload) RELOAD=0 ;;
         --uninstall) UNINSTALL=1 ;;
@@ -887,6 +888,11 @@ if [ $UNINSTALL = 1 ]; then uninstall; exit 0; fi
 is_ours() { local w=${1%% *}; [ "$(basename "$w")" = "$NAME" ]; }
 if [ -z "$PACKAGE" ]; then
     [ -n "$R" ] || [ -f "$SSHD_CONFIG" ] || die "$SSHD_CONFIG not found: install openssh-server first"
+    # sshd's unit may run another config file (-f): then ours would never be read.
+    unit_sshd_args
+    if [ $SSHD_CONFIG_SET = 0 ] && [ -n "$UNIT_EXEC" ] && [ "$UNIT_CONFIG" != "$SSHD_CONFIG" ]; then
+        die "the $UNIT_NAME unit runs sshd with -f $UNIT_CONFIG (ExecStart= in $R$UNIT_EXEC_FROM), not $SSHD_CONFIG: run install.sh again with --sshd-config $UNIT_CONFIG"
+    fi
     sshd_T || die "sshd -T cannot read the current configuration (fix it first): $(cat "$SCRATCH/T.err")"
     other=$(effective authorizedkeyscommand)
     if [ -n "$other" ] && [ "$other" != none ] && ! is_ours "$other"; then

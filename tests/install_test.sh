@@ -334,7 +334,17 @@ T=$W/eicother; base_tree "$T"; unit_tree "$T"; eic_dropin "$T"
 printf 'UsePAM no\n' > "$T/etc/ssh/private_config"
 "$INSTALL" --root "$T" --binary "$BIN" --sshd-config /etc/ssh/private_config 2>"$W/log9" ||
     fail "the unit's options were applied to another sshd config: $(cat "$W/log9")"
-pass "the unit's -o options count only for the config the unit runs"
+# A unit that runs another config (-f): installing into the default one would never be read.
+T=$W/otherconf; base_tree "$T"; unit_tree "$T"
+mkdir -p "$T/usr/lib/systemd/system/ssh.service.d"
+printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D -f /etc/ssh/sshd_config_custom\n' > "$T/usr/lib/systemd/system/ssh.service.d/custom.conf"
+cp "$T/etc/ssh/sshd_config" "$T/etc/ssh/sshd_config_custom"
+before=$(snapshot "$T")
+if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log9"; then fail "installed into a config the sshd unit does not run"; fi
+grep -q "runs sshd with -f /etc/ssh/sshd_config_custom.*--sshd-config /etc/ssh/sshd_config_custom" "$W/log9" || fail "no hint at --sshd-config: $(cat "$W/log9")"
+[ "$before" = "$(snapshot "$T")" ] || fail "a refused install changed the tree"
+"$INSTALL" --root "$T" --binary "$BIN" --sshd-config /etc/ssh/sshd_config_custom 2>"$W/log9" || fail "--sshd-config the unit's: $(cat "$W/log9")"
+pass "the unit's -o options count only for the config the unit runs; a unit running another config (-f) is named"
 
 # Upgrade from the 50- drop-in name; an old-style install uninstalls too.
 T=$W/upgrade; base_tree "$T"
