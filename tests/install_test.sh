@@ -334,6 +334,19 @@ T=$W/eicother; base_tree "$T"; unit_tree "$T"; eic_dropin "$T"
 printf 'UsePAM no\n' > "$T/etc/ssh/private_config"
 "$INSTALL" --root "$T" --binary "$BIN" --sshd-config /etc/ssh/private_config 2>"$W/log9" ||
     fail "the unit's options were applied to another sshd config: $(cat "$W/log9")"
+# Amazon Linux 2 style: no Include, EIC's command in sshd_config itself, AuthorizedKeysFile set there.
+T=$W/al2; mkdir -p "$T/etc/ssh"; sandbox_accounts "$T"
+printf 'AuthorizedKeysFile .ssh/authorized_keys\nAuthorizedKeysCommand /opt/aws/bin/eic_run_authorized_keys %%u %%f\nAuthorizedKeysCommandUser ec2-instance-connect\n' > "$T/etc/ssh/sshd_config"
+if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log9"; then fail "AL2: displaced EIC's command without --replace-other-command"; fi
+grep -qF "$T/etc/ssh/sshd_config:2: AuthorizedKeysCommand /opt/aws/bin/eic_run_authorized_keys" "$W/log9" || fail "AL2: $(cat "$W/log9")"
+"$INSTALL" --root "$T" --binary "$BIN" --replace-other-command --default-user ec2-user 2>"$W/log9" || fail "AL2 --replace-other-command: $(cat "$W/log9")"
+tree_T "$T" -C user=ec2-user,host=x,addr=127.0.0.1
+grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys --deny-user ec2-user --uid %U -- %u %f %t" "$W/T" &&
+    grep -qx "authorizedkeysfile .ssh/authorized_keys" "$W/T" || fail "AL2: $(grep -i authorizedkeys "$W/T")"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+[ "$(head -1 "$T/etc/ssh/sshd_config")" = "AuthorizedKeysFile .ssh/authorized_keys" ] || fail "AL2: uninstall did not restore sshd_config"
+pass "Amazon Linux 2 layout (no Include, EIC in sshd_config): refused naming the line; replaced with our Include on top; ec2-user keeps its file"
+
 # A unit that runs another config (-f): installing into the default one would never be read.
 T=$W/otherconf; base_tree "$T"; unit_tree "$T"
 mkdir -p "$T/usr/lib/systemd/system/ssh.service.d"
