@@ -2,6 +2,7 @@
 # Installs iam-authorized-keys: the static binary, its sshd drop-in, its system user and cache directory.
 # Idempotent; --uninstall removes exactly what it installed; --root DIR installs into an image tree.
 set -euo pipefail
+export LC_ALL=C   # sort and glob as sshd and systemd do (byte order)
 
 NAME=iam-authorized-keys
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -12,12 +13,18 @@ BINARY=
 BINDIR=
 SVC_USER=$NAME
 CACHE_DIR=/var/cache/$NAME
+STATE_DIR=/var/lib/$NAME
+SSHD_CONFIG_SET=0
 SSHD_CONFIG=/etc/ssh/sshd_config
 SSHD_DIR=/etc/ssh/sshd_config.d
 RELOAD=1
 UNINSTALL=0
 PACKAGE=
 WITH_SYNC=0
+REPLACE_OTHER=0
+SHOW_UNIT=0
+DEFAULT_USERS=()
+NO_DEFAULT_USER=0
 SYNC_FLAGS=()
 FLAGS=()
 
@@ -26,8 +33,12 @@ usage() {
 Usage: ./install.sh [OPTIONS]
 
 Builds the static ($TARGET) binary, installs it root-owned 0755, creates the locked system user and its
-0700 cache directory, installs the sshd drop-in, validates with 'sshd -t' (rolling back on failure)
-and reloads sshd. Running it again changes nothing; --uninstall removes what it installed.
+0700 cache directory, installs the sshd drop-in (10-$NAME.conf), validates with 'sshd -t' and checks
+with 'sshd -T' (plus the -o options of sshd's systemd unit) that its AuthorizedKeysCommand, user and
+AuthorizedKeysFile are the ones in effect, rolling everything back otherwise (naming what wins), and
+reloads sshd. Refuses when another AuthorizedKeysCommand is in effect (see --replace-other-command).
+Keeps the image's default account on its authorized_keys (see --default-user). Running it again
+changes nothing; --uninstall removes what it installed.
 
 Where:
   --root DIR              install into the tree DIR (image builds, tests); implies --no-reload.
@@ -36,6 +47,8 @@ Where:
   --bindir DIR            default /usr/local/bin; /opt/bin on Flatcar or when /usr is read-only
   --user NAME             AuthorizedKeysCommandUser to create (default $NAME)
   --cache-dir DIR         default /var/cache/$NAME
+  --state-dir DIR         where the manifest of what was installed lives (default /var/lib/$NAME;
+                          give it to --uninstall too)
   --sshd-config PATH      main sshd config (default /etc/ssh/sshd_config)
   --sshd-config-dir DIR   drop-in directory (default /etc/ssh/sshd_config.d)
   --no-reload             do not reload sshd (image pipelines)
@@ -45,6 +58,18 @@ Where:
       --sync-group G  --sudo-group G  --remove-after N  --remove lock|delete  --managed-group NAME
       --sudoers-file PATH  --sync-state PATH  (groups repeatable; without --sync-group it uses the
                           --allowed-group values)
+  --replace-other-command when another AuthorizedKeysCommand is in effect (EC2 Instance Connect,
+                          systemd-userdb, SSSD, ...), replace it: the keys it served stop working.
+                          Without this option install.sh refuses and names it. (When it comes from
+                          the sshd unit's command line, a unit drop-in zz-$NAME.conf drops it.)
+  --default-user NAME     the image's default login account (repeatable), instead of finding it: it is
+                          never served from IAM (--deny-user) and keeps its ~/.ssh/authorized_keys
+                          (a Match User block at the end of the drop-in). Found by default from
+                          cloud-init's system_info.default_user (/etc/cloud/cloud.cfg, cloud.cfg.d/*.cfg)
+                          and, on Flatcar, 'core'
+  --no-default-user       no default account: AuthorizedKeysFile none for every account
+  --sshd-unit             print the sshd systemd unit found in the tree, its effective ExecStart= and
+                          the -o options it passes to sshd, then exit
   --package FILE.tar.gz   instead of installing, write a release tarball (binary, install.sh, drop-in,
                           README) and FILE.tar.gz.sha256, for image pipelines (see examples/)
   -h, --help              this text
@@ -82,12 +107,20 @@ while [ $# -gt 0 ]; do
         --bindir) BINDIR=${2:?}; shift ;;
         --user) SVC_USER=${2:?}; shift ;;
         --cache-dir) CACHE_DIR=${2:?}; shift ;;
-        --sshd-config) SSHD_CONFIG=${2:?}; shift ;;
+        --state-dir) STATE_DIR=${2:?}; shift ;;
+        --sshd-config) SSHD_CONFIG=${2:?}; SSHD_CONFIG_SET=1; shift ;;
         --sshd-config-dir) SSHD_DIR=${2:?}; shift ;;
         --no-reload) RELOAD=0 ;;
         --uninstall) UNINSTALL=1 ;;
         --package) PACKAGE=${2:?--package needs a file name}; shift ;;
         --with-sync) WITH_SYNC=1 ;;
+        --replace-other-command) REPLACE_OTHER=1 ;;
+        --default-user)
+            [ $# -ge 2 ] || die "$1 needs a value"
+            [[ $2 =~ ^[a-z_][a-z0-9_.-]{0,31}$ ]] || die "--default-user '$2' is not a valid login name"
+            DEFAULT_USERS+=("$2"); shift ;;
+        --no-default-user) NO_DEFAULT_USER=1 ;;
+        --sshd-unit) SHOW_UNIT=1 ;;
         --sync-group|--sudo-group|--remove-after|--remove|--managed-group|--sudoers-file|--sync-state)
             [ $# -ge 2 ] || die "$1 needs a value"
             safe_value "$1" "$2"
@@ -111,12 +144,12 @@ done
 
 [[ $SVC_USER =~ ^[a-z_][a-z0-9_-]{0,30}$ ]] || die "--user '$SVC_USER' is not a valid system user name"
 [ "$SVC_USER" != root ] && [ "$SVC_USER" != nobody ] || die "--user must be a dedicated account, not $SVC_USER"
-for p in "$CACHE_DIR" "$SSHD_CONFIG" "$SSHD_DIR" ${BINDIR:+"$BINDIR"}; do
+for p in "$CACHE_DIR" "$STATE_DIR" "$SSHD_CONFIG" "$SSHD_DIR" ${BINDIR:+"$BINDIR"}; do
     [[ $p == /* ]] || die "$p must be an absolute path"
     safe_value path "$p"
 done
 ROOT=$(cd "$ROOT" 2>/dev/null && pwd) || die "--root directory does not exist"
-[ "$ROOT" = / ] && R= || R=$ROOT
+[ "$ROOT" = / ] && R='' || R=$ROOT
 [ -n "$R" ] && RELOAD=0
 IS_ROOT=0; [ "$(id -u)" = 0 ] && IS_ROOT=1
 [ -z "$R" ] && [ $IS_ROOT = 0 ] && die "installing into / needs root (or use --root DIR)"
@@ -130,33 +163,634 @@ if [ -z "$BINDIR" ]; then
     fi
 fi
 
+# sshd itself checks what we write; without it nothing could be validated (an operator installs
+# openssh-server first). Checked before the build, so a missing sshd costs nothing.
+SSHD_BIN=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
+if [ $UNINSTALL = 0 ] && [ -z "$PACKAGE" ] && [ ! -x "$SSHD_BIN" ]; then
+    die "sshd not found (needed to validate the configuration): install openssh-server first (apt-get install openssh-server, dnf install openssh-server)"
+fi
+
+SCRATCH=$(mktemp -d)
+TREE_SCRATCH='' TREE_PRIVSEP=0 TREE_SSHD=''
+cleanup_scratch() {
+    rm -rf "$SCRATCH"
+    [ -n "$TREE_SCRATCH" ] && rm -rf "$TREE_SCRATCH"
+    if [ "$TREE_PRIVSEP" = 1 ]; then rmdir "$R/run/sshd" 2>/dev/null || true; fi
+    return 0
+}
+trap cleanup_scratch EXIT
+
 # Named after the service user, so a second, differently named install (tests) cannot collide.
-MANIFEST=/var/lib/$NAME/$SVC_USER.manifest
-DROPIN=$SSHD_DIR/50-$NAME.conf
+MANIFEST=$STATE_DIR/$SVC_USER.manifest
+# 10-: sshd keeps the first value it reads, and drop-ins are read in file-name order; ours must come
+# before the common ones (20-systemd-userdb.conf, Flatcar's 50-flatcar-sshd.conf, EC2 Instance
+# Connect's 60-ec2-instance-connect.conf). Earlier versions wrote 50-$NAME.conf (OLD_DROPIN).
+DROPIN=$SSHD_DIR/10-$NAME.conf
+OLD_DROPIN=$SSHD_DIR/50-$NAME.conf
 SYSUSERS=/etc/sysusers.d/$SVC_USER.conf
 TMPFILES=/etc/tmpfiles.d/$SVC_USER.conf
 INCLUDE_MARK="# Added by $NAME install.sh (removed by install.sh --uninstall)"
 
+# --- what sshd will run: the systemd unit's command line -------------------------------------------------
+# sshd's unit may pass -o options on its command line (EC2 Instance Connect's Debian/Ubuntu package does:
+# a drop-in resets ExecStart= and adds -o "AuthorizedKeysCommand ..."). Command-line options beat every
+# config file, so the effective configuration is sshd -T over the config PLUS those options.
+#
+# The unit is ssh.service (Debian, Ubuntu) or sshd.service (RHEL, Amazon Linux), read from the tree as
+# systemd reads it (systemd.unit(5)): the first unit file found in the search path below (a symlink to
+# /dev/null masks it; a symlink to another name makes this name an alias), then the drop-ins
+# <name>.d/*.conf of every name of the unit from all these directories, sorted by file name, a file in an
+# earlier directory hiding a same-named one in a later directory. In [Service], `ExecStart=` (empty)
+# resets the list and the last ExecStart= is the one that runs.
+UNIT_DIRS=(/etc/systemd/system /run/systemd/system /usr/local/lib/systemd/system /usr/lib/systemd/system /lib/systemd/system)
+UNIT_NAME='' UNIT_FRAGMENT='' UNIT_EXEC='' UNIT_EXEC_FROM=''
+UNIT_DROPINS=() UNIT_ENV=() UNIT_ENV_FILES=() UNIT_ALIASES=()
+
+# unit_file NAME: the tree path of unit file NAME (first in UNIT_DIRS), "masked", or nothing.
+unit_file() {
+    local d p
+    for d in "${UNIT_DIRS[@]}"; do
+        p=$d/$1
+        if [ -L "$R$p" ]; then
+            [ "$(readlink "$R$p")" = /dev/null ] && { echo masked; return; }
+            echo "$p"; return
+        elif [ -f "$R$p" ]; then
+            echo "$p"; return
+        fi
+    done
+}
+
+# unit_target PATH: the file name a unit-file symlink finally points to (itself when not a link).
+unit_target() {
+    local p=$1 n=0 t
+    while [ -L "$R$p" ] && [ $n -lt 10 ]; do
+        t=$(readlink "$R$p")
+        case $t in /*) p=$t ;; *) p=$(dirname "$p")/$t ;; esac
+        n=$((n + 1))
+    done
+    echo "$p"
+}
+
+# unit_parse FILE: folds FILE's [Service] ExecStart=, Environment=, EnvironmentFile= into UNIT_*.
+unit_parse() {
+    local file=$1 line buf='' section='' key val
+    while IFS= read -r line || [ -n "$line" ]; do
+        if [ -n "$buf" ] || [[ ! $line =~ ^[[:space:]]*[#\;] ]]; then
+            if [[ $line == *\\ ]]; then buf+="${line%\\} "; continue; fi
+            line=$buf$line; buf=
+        else
+            continue
+        fi
+        if [[ $line =~ ^[[:space:]]*\[(.*)\][[:space:]]*$ ]]; then section=${BASH_REMATCH[1]}; continue; fi
+        [ "$section" = Service ] || continue
+        [[ $line =~ ^[[:space:]]*([A-Za-z]+)[[:space:]]*=[[:space:]]*(.*)$ ]] || continue
+        key=${BASH_REMATCH[1]} val=${BASH_REMATCH[2]}
+        val=${val%"${val##*[![:space:]]}"}
+        case $key in
+            ExecStart)
+                if [ -z "$val" ]; then UNIT_EXEC='' UNIT_EXEC_FROM=''
+                else UNIT_EXEC=$val UNIT_EXEC_FROM=$file; fi ;;
+            Environment)
+                if [ -z "$val" ]; then UNIT_ENV=(); else
+                    local w; unit_words "$val"
+                    for w in "${UNIT_WORDS[@]}"; do UNIT_ENV+=("$w"); done
+                fi ;;
+            EnvironmentFile)
+                if [ -z "$val" ]; then UNIT_ENV_FILES=(); else UNIT_ENV_FILES+=("$val"); fi ;;
+        esac
+    done < "$R$file"
+}
+
+# unit_words TEXT: splits a systemd command line into UNIT_WORDS (quotes removed, C escapes and %%
+# resolved, $NAME/${NAME} left for unit_sshd_args) and UNIT_RAW (each word's text as written).
+unit_words() {
+    local s=$1 i=0 n=${#1} c q word raw started
+    UNIT_WORDS=() UNIT_RAW=()
+    while [ $i -lt "$n" ]; do
+        while [ $i -lt "$n" ] && [[ ${s:i:1} == [[:space:]] ]]; do i=$((i + 1)); done
+        [ $i -lt "$n" ] || break
+        word='' raw='' q='' started=$i
+        while [ $i -lt "$n" ]; do
+            c=${s:i:1}
+            if [ -z "$q" ]; then
+                [[ $c == [[:space:]] ]] && break
+                if [ "$c" = '"' ] || [ "$c" = "'" ]; then q=$c; i=$((i + 1)); continue; fi
+            elif [ "$c" = "$q" ]; then
+                q=; i=$((i + 1)); continue
+            fi
+            if [ "$c" = '\' ] && [ $((i + 1)) -lt "$n" ]; then
+                i=$((i + 1)); c=${s:i:1}
+                case $c in n) c=$'\n' ;; t) c=$'\t' ;; esac
+            elif [ "$c" = % ] && [ "${s:i+1:1}" = % ]; then
+                i=$((i + 1))
+            fi
+            word+=$c; i=$((i + 1))
+        done
+        raw=${s:started:i-started}
+        UNIT_WORDS+=("$word"); UNIT_RAW+=("$raw")
+    done
+}
+
+# unit_env NAME: the value of NAME in the unit's environment: Environment= first, then the
+# EnvironmentFile= files in order, which override it (systemd.exec(5)).
+unit_env() {
+    local v='' found=0 f line w
+    for w in "${UNIT_ENV[@]}"; do
+        [[ $w == "$1="* ]] && { v=${w#*=}; found=1; }
+    done
+    for f in "${UNIT_ENV_FILES[@]}"; do
+        f=${f#-}
+        [ -f "$R$f" ] || continue
+        while IFS= read -r line || [ -n "$line" ]; do
+            [[ $line =~ ^[[:space:]]*(export[[:space:]]+)?$1[[:space:]]*=[[:space:]]*(.*)$ ]] || continue
+            v=${BASH_REMATCH[2]}
+            v=${v%"${v##*[![:space:]]}"}
+            if [[ $v =~ ^\"(.*)\"$ ]] || [[ $v =~ ^\'(.*)\'$ ]]; then v=${BASH_REMATCH[1]}; fi
+            found=1
+        done < "$R$f"
+    done
+    [ $found = 1 ] && printf '%s' "$v"
+    return 0
+}
+
+# unit_load: finds the sshd unit of the tree and computes its effective ExecStart (UNIT_EXEC, from the
+# file UNIT_EXEC_FROM). No unit: UNIT_NAME stays empty.
+unit_load() {
+    UNIT_NAME='' UNIT_FRAGMENT='' UNIT_EXEC='' UNIT_EXEC_FROM='' UNIT_DROPINS=() UNIT_ENV=() UNIT_ENV_FILES=() UNIT_ALIASES=()
+    local name f t other
+    for name in ssh.service sshd.service; do
+        f=$(unit_file "$name")
+        [ -n "$f" ] && [ "$f" != masked ] || continue
+        t=$(basename "$(unit_target "$f")")
+        if [ "$t" != "$name" ]; then
+            UNIT_ALIASES+=("$name"); name=$t
+            f=$(unit_file "$name")
+            [ -n "$f" ] && [ "$f" != masked ] || continue
+            f=$(unit_target "$f")
+        else
+            f=$(unit_target "$f")
+        fi
+        UNIT_NAME=$name UNIT_FRAGMENT=$f
+        break
+    done
+    [ -n "$UNIT_NAME" ] || return 0
+    for other in ssh.service sshd.service; do
+        [ "$other" = "$UNIT_NAME" ] && continue
+        [[ " ${UNIT_ALIASES[*]} " == *" $other "* ]] && continue
+        t=$(unit_file "$other")
+        [ -n "$t" ] && [ "$t" != masked ] && [ "$(basename "$(unit_target "$t")")" = "$UNIT_NAME" ] &&
+            UNIT_ALIASES+=("$other")
+    done
+    # Drop-ins: every name of the unit, every directory; the first directory holding a file name wins.
+    local -A seen=()
+    local d n p base
+    local -a picked=()
+    for d in "${UNIT_DIRS[@]}"; do
+        for n in "$UNIT_NAME" "${UNIT_ALIASES[@]}"; do
+            for p in "$R$d/$n.d"/*.conf; do
+                [ -e "$p" ] || [ -L "$p" ] || continue
+                base=$(basename "$p")
+                [ -n "${seen[$base]:-}" ] && continue
+                seen[$base]=1
+                picked+=("$base ${p#"$R"}")
+            done
+        done
+    done
+    unit_parse "$UNIT_FRAGMENT"
+    while read -r base p; do
+        [ -n "$base" ] || continue
+        if [ -L "$R$p" ] && [ "$(readlink "$R$p")" = /dev/null ]; then continue; fi
+        UNIT_DROPINS+=("$p")
+        unit_parse "$(unit_target "$p")"
+    done < <(printf '%s\n' "${picked[@]}" | sort -k1,1)
+}
+
+# unit_sshd_args: the effective ExecStart of the tree's sshd unit as UNIT_ARGV (environment expanded as
+# systemd does: a word that is exactly $NAME splits on whitespace, ${NAME} inside a word does not), then
+# what sshd makes of it: UNIT_CONFIG (-f, default /etc/ssh/sshd_config) and UNIT_OPTS (each -o).
+unit_sshd_args() {
+    UNIT_ARGV=() UNIT_OPTS=() UNIT_CONFIG=/etc/ssh/sshd_config
+    unit_load
+    [ -n "$UNIT_EXEC" ] || return 0
+    unit_words "$UNIT_EXEC"
+    local w v
+    for w in "${UNIT_WORDS[@]}"; do
+        if [[ $w =~ ^\$([A-Za-z_][A-Za-z0-9_]*)$ ]]; then
+            v=$(unit_env "${BASH_REMATCH[1]}")
+            local -a split=(); read -r -a split <<< "$v"   # split on whitespace, no globbing
+            UNIT_ARGV+=("${split[@]}")
+        else
+            while [[ $w =~ ^(.*)\$\{([A-Za-z_][A-Za-z0-9_]*)\}(.*)$ ]]; do
+                w=${BASH_REMATCH[1]}$(unit_env "${BASH_REMATCH[2]}")${BASH_REMATCH[3]}
+            done
+            UNIT_ARGV+=("$w")
+        fi
+    done
+    # sshd's own option parsing (getopt "C:E:b:c:f:g:h:k:o:p:u:46DQRTdeiqrtV").
+    local i=1 a opt arg
+    while [ $i -lt ${#UNIT_ARGV[@]} ]; do
+        a=${UNIT_ARGV[$i]}
+        [ "$a" = -- ] && break
+        [[ $a == -?* ]] || break
+        local j=1
+        while [ $j -lt ${#a} ]; do
+            opt=${a:j:1}
+            case $opt in
+                C|E|b|c|f|g|h|k|o|p|u)
+                    if [ $((j + 1)) -lt ${#a} ]; then arg=${a:j+1}
+                    else i=$((i + 1)); arg=${UNIT_ARGV[$i]:-}; fi
+                    case $opt in
+                        o) UNIT_OPTS+=("$arg") ;;
+                        f) UNIT_CONFIG=$arg ;;
+                    esac
+                    break ;;
+            esac
+            j=$((j + 1))
+        done
+        i=$((i + 1))
+    done
+}
+
+# unit_has_command: the effective ExecStart passes AuthorizedKeysCommand(User) with -o (after unit_sshd_args).
+unit_has_command() {
+    local o k
+    for o in "${UNIT_OPTS[@]}"; do
+        k=$(unit_opt_keyword "$o")
+        [ "$k" = authorizedkeyscommand ] || [ "$k" = authorizedkeyscommanduser ] && return 0
+    done
+    return 1
+}
+unit_other_opts() {
+    local o k out=
+    for o in "${UNIT_OPTS[@]}"; do
+        k=$(unit_opt_keyword "$o")
+        if [ "$k" = authorizedkeyscommand ] || [ "$k" = authorizedkeyscommanduser ]; then out+="${out:+ }-o \"$o\""; fi
+    done
+    echo "$out"
+}
+
+# unit_override: our unit drop-in: the effective ExecStart as written, minus the -o options that set
+# AuthorizedKeysCommand or AuthorizedKeysCommandUser (after unit_sshd_args).
+unit_override() {
+    unit_words "$UNIT_EXEC"
+    local i=0 n=${#UNIT_WORDS[@]} w k
+    local -a keep=()
+    while [ $i -lt "$n" ]; do
+        w=${UNIT_WORDS[$i]} k=
+        if [ "$w" = -o ] && [ $((i + 1)) -lt "$n" ]; then
+            k=$(unit_opt_keyword "${UNIT_WORDS[$((i + 1))]}")
+            if [ "$k" = authorizedkeyscommand ] || [ "$k" = authorizedkeyscommanduser ]; then i=$((i + 2)); continue; fi
+        elif [[ $w == -o?* ]]; then
+            k=$(unit_opt_keyword "${w#-o}")
+            if [ "$k" = authorizedkeyscommand ] || [ "$k" = authorizedkeyscommanduser ]; then i=$((i + 1)); continue; fi
+        fi
+        keep+=("${UNIT_RAW[$i]}")
+        i=$((i + 1))
+    done
+    cat <<UNIT
+# Written by $NAME install.sh --replace-other-command; removed by install.sh --uninstall.
+# $UNIT_EXEC_FROM made sshd's command line carry $(unit_other_opts),
+# which beats every sshd config file, so $NAME's drop-in could not take effect. This restates that
+# ExecStart without those options. Named zz-... to sort after the unit's other drop-ins: systemd reads
+# drop-ins in file-name order and the last ExecStart= wins.
+[Service]
+ExecStart=
+ExecStart=${keep[*]}
+UNIT
+}
+
+# unit_opt_keyword OPTION: the lower-case keyword of an -o option ("Keyword value" or "Keyword=value").
+unit_opt_keyword() { local k=${1%%[ =	]*}; echo "${k,,}"; }
+
+# show_unit: what --sshd-unit prints (tests and operators).
+show_unit() {
+    unit_sshd_args
+    if [ -z "$UNIT_NAME" ]; then echo "unit none"; return 0; fi
+    echo "unit $UNIT_NAME"
+    local a; for a in "${UNIT_ALIASES[@]}"; do echo "alias $a"; done
+    echo "fragment $UNIT_FRAGMENT"
+    for a in "${UNIT_DROPINS[@]}"; do echo "dropin $a"; done
+    echo "execstart-from ${UNIT_EXEC_FROM:-none}"
+    echo "execstart $UNIT_EXEC"
+    echo "config $UNIT_CONFIG"
+    for a in "${UNIT_OPTS[@]}"; do echo "option $a"; done
+}
+
+# --- what sshd will run: the configuration files ---------------------------------------------------------
+# For an image tree (--root) the tree's config is copied into a scratch directory with every Include
+# rewritten to the copy (globs expanded inside the tree, symlinks resolved inside the tree), so this
+# machine's sshd reads exactly the tree's files. SCRATCH is made by install.sh and removed at exit.
+
+# tree_path PATH: where PATH of the tree really is on this machine (symlinks resolved inside the tree).
+tree_path() {
+    local p=$1 n=0 t
+    while [ -L "$R$p" ] && [ $n -lt 20 ]; do
+        t=$(readlink "$R$p")
+        case $t in /*) p=$t ;; *) p=$(dirname "$p")/$t ;; esac
+        n=$((n + 1))
+    done
+    printf '%s\n' "$R$p"
+}
+
+# copy_config PATH OUT: the tree's config file PATH, copied to OUT/PATH with its Includes (recursively)
+# pointing into OUT.
+copy_config() {
+    local src=$1 out=$2 line a m
+    local dst=$out$src
+    [ -e "$dst" ] && return 0
+    mkdir -p "$(dirname "$dst")"
+    : > "$dst"
+    while IFS= read -r line || [ -n "$line" ]; do
+        if [[ $line =~ ^[[:space:]]*[Ii][Nn][Cc][Ll][Uu][Dd][Ee]([[:space:]]+|[[:space:]]*=[[:space:]]*)(.*)$ ]]; then
+            local -a args=() words=()
+            read -r -a words <<< "${BASH_REMATCH[2]}"
+            for a in "${words[@]}"; do
+                [[ $a == /* ]] || a=/etc/ssh/$a
+                args+=("$out$a")
+                for m in "$R"$a; do
+                    [ -e "$(tree_path "${m#"$R"}")" ] || continue   # symlinks resolve inside the tree
+                    copy_config "${m#"$R"}" "$out"
+                done
+            done
+            printf 'Include %s\n' "${args[*]}" >> "$dst"
+        else
+            printf '%s\n' "$line" >> "$dst"
+        fi
+    done < "$(tree_path "$src")"
+}
+
+# config_main: the main config file this machine's sshd should read for the target (a copy for a tree).
+config_main() {
+    if [ -z "$R" ]; then echo "$SSHD_CONFIG"; return; fi
+    local out=$SCRATCH/tree
+    rm -rf "$out"; mkdir -p "$out"
+    if [ -f "$R$SSHD_CONFIG" ]; then
+        copy_config "$SSHD_CONFIG" "$out"
+    else
+        # No sshd_config in this tree (an image staging directory): only our drop-in.
+        mkdir -p "$out$(dirname "$SSHD_CONFIG")"
+        printf 'Include %s\n' "$out$SSHD_DIR/*.conf" > "$out$SSHD_CONFIG"
+        [ -d "$R$SSHD_DIR" ] && for m in "$R$SSHD_DIR"/*.conf; do
+            [ -e "$(tree_path "${m#"$R"}")" ] && copy_config "${m#"$R"}" "$out"
+        done
+    fi
+    echo "$out$SSHD_CONFIG"
+}
+
+# tree_sshd: whether an image tree has an sshd of its own that runs here (chroot, as root) and a config
+# to read. That sshd then judges the tree: its version's options and defaults, paths resolved inside the
+# tree. It needs a host key and its privilege separation directory inside the tree: made under the
+# tree's /run and removed at exit. Otherwise this machine's sshd reads a copy (config_main).
+tree_sshd() {
+    if [ -z "$TREE_SSHD" ]; then
+        TREE_SSHD=0
+        if [ -n "$R" ] && [ $IS_ROOT = 1 ] && [ -x "$R/usr/sbin/sshd" ] && [ -f "$R$SSHD_CONFIG" ] &&
+            [ -d "$R/run" ] && command -v chroot >/dev/null && chroot "$R" /usr/sbin/sshd -V >/dev/null 2>&1; then
+            TREE_SCRATCH=$(mktemp -d "$R/run/iak-check.XXXXXX")
+            ssh-keygen -q -t ed25519 -N '' -f "$TREE_SCRATCH/hostkey"
+            if [ ! -d "$R/run/sshd" ]; then install -d -m 0755 "$R/run/sshd"; TREE_PRIVSEP=1; fi
+            TREE_SSHD=1
+            note "checking with the tree's own sshd ($(chroot "$R" /usr/sbin/sshd -V 2>&1 | head -1))"
+        fi
+    fi
+    [ "$TREE_SSHD" = 1 ]
+}
+
+# sshd_run ARGS...: this machine's sshd on config_main, or the tree's own sshd in the tree, with a
+# host key of ours (the target's may not exist yet: images make theirs at first boot).
+sshd_run() {
+    if tree_sshd; then
+        chroot "$R" /usr/sbin/sshd -f "$SSHD_CONFIG" -o "HostKey=${TREE_SCRATCH#"$R"}/hostkey" "$@"
+    else
+        [ -f "$SCRATCH/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SCRATCH/hostkey"
+        [ -d /run/sshd ] || install -d -m 0755 /run/sshd 2>/dev/null || true
+        "$SSHD_BIN" -f "$(config_main)" -o "HostKey=$SCRATCH/hostkey" "$@"
+    fi
+}
+
+# unit_applies: whether the tree's sshd unit runs the config we install into (its -f, default
+# /etc/ssh/sshd_config). A private sshd with its own --sshd-config (tests) is not the unit's.
+unit_applies() {
+    unit_sshd_args
+    [ -n "$UNIT_EXEC" ] && [ "$UNIT_CONFIG" = "$SSHD_CONFIG" ]
+}
+
+# sshd_T [CONNSPEC]: sshd -T over what sshd will run: the target's config plus the unit's -o options,
+# for connection CONNSPEC (-C) when given. Output in $SCRATCH/T, errors in $SCRATCH/T.err.
+sshd_T() {
+    local -a args=(-T)
+    if unit_applies; then
+        local o; for o in "${UNIT_OPTS[@]}"; do args+=(-o "$o"); done
+    fi
+    [ -n "${1:-}" ] && args+=(-C "$1")
+    if [ -z "$R" ]; then
+        [ -f "$SCRATCH/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SCRATCH/hostkey"
+        [ -d /run/sshd ] || install -d -m 0755 /run/sshd 2>/dev/null || true
+        "$SSHD_BIN" -f "$SSHD_CONFIG" -o "HostKey=$SCRATCH/hostkey" "${args[@]}" > "$SCRATCH/T" 2> "$SCRATCH/T.err"
+    else
+        tree_sshd || true   # decided (and said) here, not under the redirection below
+        sshd_run "${args[@]}" > "$SCRATCH/T" 2> "$SCRATCH/T.err"
+    fi
+}
+
+# effective KEYWORD: its value in $SCRATCH/T (sshd -T prints lower-case keywords).
+effective() { awk -v k="$1" '$1 == k { sub(/^[^ ]+ /, ""); print; exit }' "$SCRATCH/T"; }
+
+# first_setter KEYWORD FILE: "file:line: text" of the first line sshd reads that sets KEYWORD outside a
+# Match block, following Includes in order (tree paths, for messages).
+first_setter() {
+    local kw=${1,,} file=$2 line n=0 inmatch=0 k v a m
+    [ -f "$file" ] || return 1
+    while IFS= read -r line || [ -n "$line" ]; do
+        n=$((n + 1))
+        [[ $line =~ ^[[:space:]]*([A-Za-z]+)([[:space:]]+|[[:space:]]*=[[:space:]]*)(.*)$ ]] || continue
+        k=${BASH_REMATCH[1],,} v=${BASH_REMATCH[3]}
+        [ "$k" = match ] && inmatch=1
+        [ $inmatch = 1 ] && continue
+        if [ "$k" = include ]; then
+            local -a words=(); read -r -a words <<< "$v"
+            for a in "${words[@]}"; do
+                [[ $a == /* ]] || a=/etc/ssh/$a
+                for m in $a; do
+                    [ -f "$m" ] && first_setter "$kw" "$m" && return 0
+                done
+            done
+        elif [ "$k" = "$kw" ]; then
+            local shown=$file
+            [ -n "$R" ] && shown=$R${file#"$SCRATCH/tree"}
+            printf '%s:%s: %s\n' "$shown" "$n" "$line"
+            return 0
+        fi
+    done < "$file"
+    return 1
+}
+
+# boot_dropins: drop-ins systemd-tmpfiles will link into SSHD_DIR at boot that are not there yet
+# (systemd-userdbd ships its 20-systemd-userdb.conf that way: an image tree built in a chroot has no
+# link until first boot, and a deleted link comes back at the next boot). Prints "LINK TARGET" lines.
+boot_dropins() {
+    local -A seen=()
+    local d f base line typ path target
+    for d in /etc/tmpfiles.d /run/tmpfiles.d /usr/local/lib/tmpfiles.d /usr/lib/tmpfiles.d /lib/tmpfiles.d; do
+        for f in "$R$d"/*.conf; do
+            [ -f "$f" ] || continue
+            base=$(basename "$f")
+            [ -n "${seen[$base]:-}" ] && continue
+            seen[$base]=1
+            while read -r typ path _ _ _ _ target; do
+                [[ $typ == L* ]] && [ "$(dirname "$path")" = "$SSHD_DIR" ] && [[ $path == *.conf ]] || continue
+                [ -e "$R$path" ] || [ -L "$R$path" ] && continue
+                [ -z "$target" ] || [ "$target" = - ] && target=/usr/share/factory$path
+                printf '%s %s\n' "$path" "$target"
+            done < "$f"
+        done
+    done
+}
+
+# who_sets KEYWORD: where the effective value of KEYWORD comes from, for messages.
+who_sets() {
+    local o
+    if unit_applies; then
+        for o in "${UNIT_OPTS[@]}"; do
+            if [ "$(unit_opt_keyword "$o")" = "${1,,}" ]; then
+                echo "the $UNIT_NAME unit: sshd's command line has -o \"$o\" (ExecStart= in $R$UNIT_EXEC_FROM), which beats every config file"
+                return
+            fi
+        done
+    fi
+    first_setter "$1" "$(config_main)" || echo "sshd's built-in default"
+}
+
 validate_sshd() {
-    local sshd
-    sshd=$(command -v sshd || echo /usr/sbin/sshd)
+    local sshd=$SSHD_BIN
     [ -x "$sshd" ] || die "sshd not found: install openssh-server first"
-    [ -d /run/sshd ] || mkdir -p -m 0755 /run/sshd 2>/dev/null || true
+    [ -d /run/sshd ] || install -d -m 0755 /run/sshd 2>/dev/null || true
     if [ -z "$R" ]; then
         "$sshd" -t -f "$SSHD_CONFIG"
     else
-        # An image tree's sshd cannot run here; check our drop-in in a minimal config of its own.
-        local t; t=$(mktemp -d)
-        ssh-keygen -q -t ed25519 -N '' -f "$t/hostkey"
-        printf 'Include %s\nHostKey %s/hostkey\n' "$R$DROPIN" "$t" > "$t/sshd_config"
-        local rc=0; "$sshd" -t -f "$t/sshd_config" || rc=$?
-        rm -rf "$t"
-        return $rc
+        # The tree's own sshd in the tree, or this machine's on a copy of the tree's config (sshd_run).
+        tree_sshd || true
+        sshd_run -t
+    fi
+}
+
+# --- the image's default account ------------------------------------------------------------------------
+# default_user_block: the end of our drop-in for DEFAULT_USERS (nothing without one).
+default_user_block() {
+    [ ${#DEFAULT_USERS[@]} -gt 0 ] || return 0
+    local IFS=,
+    cat <<BLOCK
+#
+# The image's default account: its launch key pair in ~/.ssh/authorized_keys keeps working, and it is
+# never served from IAM (--deny-user above). This Match block is the last thing in this file and ends
+# with it: OpenSSH (9.2 and 10.0 checked) scopes a Match inside an included file to that file, so it
+# cannot capture settings read after it; install.sh checks both with sshd -T -C user=....
+Match User ${DEFAULT_USERS[*]}
+    AuthorizedKeysFile .ssh/authorized_keys
+BLOCK
+}
+
+# Cloud images ship one login account (admin on Debian, ubuntu, ec2-user on Amazon Linux; core on Flatcar)
+# that gets the launch key pair in ~/.ssh/authorized_keys. It keeps that key pair, and an IAM user of the
+# same name is never served its (sudo) account.
+
+# cloud_default_user FILE: system_info.default_user.name in a cloud-init config (block or flow style);
+# a plain line parser, no YAML library: indentation decides what belongs to system_info/default_user.
+cloud_default_user() {
+    awk '
+        function ind(s) { match(s, /^ */); return RLENGTH }
+        function clean(v) { sub(/[ \t]+#.*$/, "", v); gsub(/["\047]/, "", v); sub(/[ \t\r]+$/, "", v); return v }
+        /^[ \t]*(#|$)/ { next }
+        {
+            i = ind($0)
+            if (i == 0) { si = ($0 ~ /^system_info:[ \t]*$/); du = 0; next }
+            if (!si) next
+            if (du && i <= duind) du = 0
+            if (!du && $0 ~ /^ +default_user:/) {
+                rest = $0; sub(/^ +default_user:[ \t]*/, "", rest)
+                if (rest ~ /^\{/ && match(rest, /name:[ \t]*[^,} \t]+/)) {
+                    v = substr(rest, RSTART, RLENGTH); sub(/^name:[ \t]*/, "", v); name = clean(v)
+                } else if (rest == "") { du = 1; duind = i; child = -1 }
+                next
+            }
+            if (du) {
+                if (child < 0) child = i
+                if (i == child && $0 ~ /^ +name:/) { v = $0; sub(/^ +name:[ \t]*/, "", v); name = clean(v) }
+            }
+        }
+        END { if (name != "") print name }' "$1"
+}
+
+# find_default_users: DEFAULT_USERS from --default-user, else cloud-init's (later files win, as
+# cloud-init merges cloud.cfg.d/*.cfg after cloud.cfg), else core on Flatcar.
+find_default_users() {
+    [ $NO_DEFAULT_USER = 1 ] && { DEFAULT_USERS=(); return 0; }
+    [ ${#DEFAULT_USERS[@]} -gt 0 ] && return 0
+    local f n found=
+    for f in "$R/etc/cloud/cloud.cfg" "$R/etc/cloud/cloud.cfg.d"/*.cfg; do
+        [ -f "$f" ] || continue
+        n=$(cloud_default_user "$f")
+        [ -n "$n" ] && found=$n
+    done
+    if [ -n "$found" ]; then
+        if [[ $found =~ ^[a-z_][a-z0-9_.-]{0,31}$ ]]; then
+            DEFAULT_USERS=("$found")
+            note "default account from cloud-init: $found (keeps ~/.ssh/authorized_keys, never served from IAM; --no-default-user to change)"
+        else
+            note "ignoring cloud-init's default_user '$found': not a valid login name"
+        fi
+    elif grep -qsE '^ID=("?)flatcar' "$R/etc/os-release"; then
+        DEFAULT_USERS=(core)
+        note "default account on Flatcar: core (keeps ~/.ssh/authorized_keys, never served from IAM; --no-default-user to change)"
+    fi
+    return 0
+}
+
+# verify_effective: sshd -T must show our command, our command user and our AuthorizedKeysFile choice.
+verify_effective() {
+    if ! sshd_T; then
+        note "sshd -T rejected the configuration: $(cat "$SCRATCH/T.err")"
+        return 1
+    fi
+    local kw want got bad=0
+    for kw in AuthorizedKeysCommand AuthorizedKeysCommandUser AuthorizedKeysFile; do
+        case $kw in
+            AuthorizedKeysCommand) want=$command_line ;;
+            AuthorizedKeysCommandUser) want=$SVC_USER ;;
+            AuthorizedKeysFile) want=none ;;
+        esac
+        got=$(effective "${kw,,}")
+        [ "$got" = "$want" ] && continue
+        bad=1
+        note "sshd would not use our $kw: in effect is '$got', from $(who_sets "$kw")"
+    done
+    # The default accounts keep their authorized_keys, and only they: the Match block is scoped.
+    local u
+    for u in "${DEFAULT_USERS[@]}" iak-probe-not-a-default-user; do
+        if ! sshd_T "user=$u,host=localhost,addr=127.0.0.1"; then
+            note "sshd -T -C user=$u rejected the configuration: $(cat "$SCRATCH/T.err")"; return 1
+        fi
+        want=.ssh/authorized_keys
+        [ "$u" = iak-probe-not-a-default-user ] && want=none
+        got=$(effective authorizedkeysfile)
+        [ "$got" = "$want" ] && continue
+        bad=1
+        note "for user $u sshd would use AuthorizedKeysFile '$got', not '$want' (sshd -T -C user=$u)"
+    done
+    if [ $bad = 1 ]; then
+        note "sshd keeps the first value it reads. Remove those lines, or move them below the line"
+        note "'Include $SSHD_DIR/*.conf' (or put that Include first in $R$SSHD_CONFIG), then run install.sh again"
+        return 1
     fi
 }
 
 reload_sshd() {
     [ $RELOAD = 1 ] || return 0
+    if [ "${UNIT_CHANGED:-0}" = 1 ] && [ -n "$UNIT_NAME" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+        # A changed ExecStart= takes effect only at a restart (open sessions survive it).
+        systemctl daemon-reload
+        if systemctl is-active --quiet "$UNIT_NAME"; then systemctl restart "$UNIT_NAME"; return; fi
+    fi
     if command -v systemctl >/dev/null && systemctl is-active --quiet ssh 2>/dev/null; then
         systemctl reload ssh
     elif command -v systemctl >/dev/null && systemctl is-active --quiet sshd 2>/dev/null; then
@@ -176,6 +810,7 @@ put() {
         return 0
     fi
     # Only a real change touches the target directory (its mtime too): temp beside it, then rename.
+    stash "$path"
     mkdir -p "$(dirname "$path")"
     tmp=$(mktemp "$path.XXXXXX")
     cat "$staged" > "$tmp"
@@ -192,18 +827,30 @@ user_exists() {
 uninstall() {
     local m=$R$MANIFEST
     [ -f "$m" ] || die "nothing to uninstall: $m not found"
-    local kind path
+    local kind path include_dir=
     local -a dirs=()
+    include_dir=$(awk '$1 == "includedir" { print $2 }' "$m")
     while read -r kind path; do
         case $kind in
-            file) rm -f "$R$path" ;;
+            file)
+                rm -f "$R$path"
+                # Our unit drop-in (--replace-other-command): its removal gives the other command back,
+                # at sshd's next restart.
+                [[ $path == /etc/systemd/system/*.service.d/zz-$NAME.conf ]] && UNIT_CHANGED=1
+                ;;
             cachedir)
                 case $path in /*/*) rm -rf --one-file-system -- "$R$path" ;; *) note "not removing odd cache path '$path'" ;; esac ;;
             dir) dirs+=("$path") ;;
             include)
                 if [ -f "$R$path" ]; then
                     local tmp; tmp=$(mktemp "$R$path.XXXXXX")
-                    awk -v mark="$INCLUDE_MARK" '$0 == mark { skip = 1; next } skip { skip = 0; next } { print }' "$R$path" > "$tmp"
+                    # Only our two lines: the marker and, after it, the first line that is exactly our
+                    # Include (manifests before includedir: an "Include DIR/*.conf" line). Whatever an
+                    # admin added around them stays.
+                    awk -v mark="$INCLUDE_MARK" -v dir="$include_dir" '
+                        $0 == mark { pending = 1; next }
+                        pending && (dir != "" ? $0 == "Include " dir "/*.conf" : $0 ~ /^Include [^[:space:]]+\/\*\.conf$/) { pending = 0; next }
+                        { print }' "$R$path" > "$tmp"
                     chmod --reference="$R$path" "$tmp"; mv -f "$tmp" "$R$path"
                 fi ;;
             user)
@@ -221,11 +868,61 @@ uninstall() {
     local i
     for ((i=${#dirs[@]}-1; i>=0; i--)); do rmdir "$R${dirs[$i]}" 2>/dev/null || true; done
     rmdir "$R$(dirname "$MANIFEST")" 2>/dev/null || true
+    if [ "${UNIT_CHANGED:-0}" = 1 ]; then
+        unit_load
+        [ -n "$R" ] || [ $RELOAD = 1 ] || note "restart sshd (systemctl daemon-reload; systemctl restart ${UNIT_NAME:-ssh}) to give its unit's command line back"
+    fi
     if [ -z "$R" ] && [ -f "$SSHD_CONFIG" ]; then validate_sshd && reload_sshd; fi
     note "uninstalled"
 }
 
+if [ $SHOW_UNIT = 1 ]; then show_unit; exit 0; fi
 if [ $UNINSTALL = 1 ]; then uninstall; exit 0; fi
+
+[ -n "$PACKAGE" ] || find_default_users
+
+# --- another AuthorizedKeysCommand already in effect? ---------------------------------------------------
+# sshd runs one command. Ours would displace one that is in effect, and the logins it serves would
+# stop. Refuse by default, before anything is built or written, and name it.
+# TODO(#13 item 2): run the other command after our own lookup (chaining) instead; that needs the binary.
+is_ours() { local w=${1%% *}; [ "$(basename "$w")" = "$NAME" ]; }
+if [ -z "$PACKAGE" ]; then
+    [ -n "$R" ] || [ -f "$SSHD_CONFIG" ] || die "$SSHD_CONFIG not found: install openssh-server first"
+    # sshd's unit may run another config file (-f): then ours would never be read.
+    unit_sshd_args
+    if [ $SSHD_CONFIG_SET = 0 ] && [ -n "$UNIT_EXEC" ] && [ "$UNIT_CONFIG" != "$SSHD_CONFIG" ]; then
+        die "the $UNIT_NAME unit runs sshd with -f $UNIT_CONFIG (ExecStart= in $R$UNIT_EXEC_FROM), not $SSHD_CONFIG: run install.sh again with --sshd-config $UNIT_CONFIG"
+    fi
+    sshd_T || die "sshd -T cannot read the current configuration (fix it first): $(cat "$SCRATCH/T.err")"
+    other=$(effective authorizedkeyscommand)
+    if [ -n "$other" ] && [ "$other" != none ] && ! is_ours "$other"; then
+        other_user=$(effective authorizedkeyscommanduser)
+        other_from=$(who_sets AuthorizedKeysCommand)
+        note "another AuthorizedKeysCommand is in effect: '$other' (AuthorizedKeysCommandUser ${other_user:-none})"
+        note "  set by $other_from"
+        if [ $REPLACE_OTHER = 0 ]; then
+            note "Ours would replace it, and the keys it serves would stop working (on EC2 that may be EC2 Instance"
+            note "Connect's browser 'Connect'; with systemd-userdb, the keys userdbctl serves)."
+            die "refusing: remove that command, or run install.sh again with --replace-other-command to replace it"
+        fi
+        note "replacing it (--replace-other-command): logins through '$other' stop working"
+    fi
+    # What systemd-tmpfiles adds at boot counts too.
+    while read -r link target; do
+        [ -n "$link" ] || continue
+        cmd=$(awk 'tolower($1) == "authorizedkeyscommand" { $1 = ""; sub(/^ /, ""); print; exit }' "$(tree_path "$target")" 2>/dev/null || true)
+        [ -n "$cmd" ] || continue
+        note "at boot systemd-tmpfiles links $R$link -> $target, which sets AuthorizedKeysCommand '$cmd'"
+        if [[ $(basename "$link") < $(basename "$DROPIN") ]]; then
+            die "that file sorts before $(basename "$DROPIN") and would win: mask it (an empty $R/etc/tmpfiles.d/ file of the same name) first"
+        fi
+        if [ $REPLACE_OTHER = 0 ]; then
+            note "Ours would replace it, and the keys it serves would stop working."
+            die "refusing: mask it (an empty $R/etc/tmpfiles.d/ file of the same name), or run install.sh again with --replace-other-command"
+        fi
+        note "replacing it (--replace-other-command): logins through '$cmd' stop working"
+    done < <(boot_dropins)
+fi
 
 # --- the binary --------------------------------------------------------------------------------------
 if [ -z "$BINARY" ]; then
@@ -256,7 +953,7 @@ if [ -n "$PACKAGE" ]; then
     mkdir -p "$stage/$NAME/sshd_config.d"
     install -m 0755 "$BINARY" "$stage/$NAME/$NAME"
     install -m 0755 "$SRC_DIR/install.sh" "$stage/$NAME/install.sh"
-    install -m 0644 "$SRC_DIR/sshd_config.d/50-$NAME.conf" "$stage/$NAME/sshd_config.d/"
+    install -m 0644 "$SRC_DIR/sshd_config.d/10-$NAME.conf" "$stage/$NAME/sshd_config.d/"
     [ -f "$SRC_DIR/README.md" ] && install -m 0644 "$SRC_DIR/README.md" "$stage/$NAME/"
     tar -C "$stage" --owner=0 --group=0 --numeric-owner -czf "$PACKAGE" "$NAME"
     rm -rf "$stage"
@@ -279,10 +976,30 @@ mkdirs() {  # mkdir -p, remembering each directory it created
 # Directories an earlier run created stay ours.
 while read -r kind path; do [ "$kind" = dir ] && NEW_DIRS+=("$path"); done <<< "$OLD_MANIFEST"
 
+# stash PATH: before this run replaces or removes an existing file, keep it, so a rollback puts back
+# the previous drop-in, binary, unit or manifest byte for byte (owner, mode and mtime too). The list is
+# a file: put() runs at the end of pipelines, in subshells.
+STASH=$SCRATCH/stash
+mkdir -p "$STASH"; : > "$STASH/list"
+stash() {
+    local p=$1 n
+    [ -e "$p" ] || [ -L "$p" ] || return 0
+    grep -qxF -- "$p" "$STASH/list" && return 0
+    n=$(wc -l < "$STASH/list")
+    cp -a "$p" "$STASH/$n"
+    printf '%s\n' "$p" >> "$STASH/list"
+}
+
 BACKUP=
 rollback() {
+    trap - ERR
     note "rolling back this run's changes"
     [ -n "$BACKUP" ] && mv -f "$BACKUP" "$R$SSHD_CONFIG"
+    local j=0 p
+    while IFS= read -r p; do
+        rm -f "$p"; mv -f "$STASH/$j" "$p"
+        j=$((j + 1))
+    done < "$STASH/list"
     local i
     for ((i=${#CREATED[@]}-1; i>=0; i--)); do rm -rf --one-file-system "${CREATED[$i]}"; done
     if [ -n "$USER_CREATED_NOW" ]; then
@@ -299,6 +1016,7 @@ trap rollback ERR
 dest=$BINDIR/$NAME
 mkdirs "$BINDIR"
 [ -e "$R$dest" ] || CREATED+=("$R$dest")
+cmp -s "$BINARY" "$R$dest" || stash "$R$dest"
 if [ $IS_ROOT = 1 ]; then
     install -C -o root -g root -m 0755 "$BINARY" "$R$dest"
 else
@@ -363,6 +1081,9 @@ fi
 record cachedir "$CACHE_DIR"
 
 # --- sshd drop-in ----------------------------------------------------------------------------------------
+for u in "${DEFAULT_USERS[@]}"; do
+    [[ " ${FLAGS[*]} " == *" --deny-user $u "* ]] || FLAGS+=(--deny-user "$u")
+done
 command_line="$dest"
 [ ${#FLAGS[@]} -gt 0 ] && command_line+=" ${FLAGS[*]}"
 [ "$CACHE_DIR" != /var/cache/$NAME ] && command_line+=" --cache-dir $CACHE_DIR"
@@ -372,14 +1093,43 @@ mkdirs "$SSHD_DIR"
 [ -e "$R$DROPIN" ] || CREATED+=("$R$DROPIN")
 sed -e "s|^AuthorizedKeysCommand .*|AuthorizedKeysCommand $command_line|" \
     -e "s|^AuthorizedKeysCommandUser .*|AuthorizedKeysCommandUser $SVC_USER|" \
-    "$SRC_DIR/sshd_config.d/50-$NAME.conf" | put "$R$DROPIN" 644
+    "$SRC_DIR/sshd_config.d/10-$NAME.conf" | { cat; default_user_block; } | put "$R$DROPIN" 644
 record file "$DROPIN"
+# An upgrade from a release that wrote 50-$NAME.conf: that file goes (a rollback puts it back).
+if [ -f "$R$OLD_DROPIN" ] && { grep -qx "file $OLD_DROPIN" <<< "$OLD_MANIFEST" || [[ $(sed -n 1p "$R$OLD_DROPIN") == "# $NAME:"* ]]; }; then
+    stash "$R$OLD_DROPIN"
+    rm -f "$R$OLD_DROPIN"
+    note "removed $OLD_DROPIN (the drop-in's earlier name; now $DROPIN)"
+fi
+
+# --replace-other-command, when the other command is on the sshd unit's command line (EC2 Instance
+# Connect's Debian/Ubuntu package): a unit drop-in, sorted after the others (the last ExecStart= wins),
+# restates that ExecStart without its AuthorizedKeysCommand/AuthorizedKeysCommandUser options.
+UNIT_CHANGED=0
+if [ $REPLACE_OTHER = 1 ] && unit_applies && unit_has_command; then
+    unit_dropin=/etc/systemd/system/$UNIT_NAME.d/zz-$NAME.conf
+    mkdirs "$(dirname "$unit_dropin")"
+    [ -e "$R$unit_dropin" ] || CREATED+=("$R$unit_dropin")
+    old_unit=$(cat "$R$unit_dropin" 2>/dev/null || true)
+    unit_override | put "$R$unit_dropin" 644
+    [ "$old_unit" = "$(cat "$R$unit_dropin")" ] || UNIT_CHANGED=1
+    record file "$unit_dropin"
+    note "wrote $unit_dropin: $UNIT_NAME no longer passes $(unit_other_opts) to sshd"
+elif grep -q "^file /etc/systemd/system/.*\.service\.d/zz-$NAME\.conf$" <<< "$OLD_MANIFEST"; then
+    # Kept from an earlier --replace-other-command run: still ours.
+    unit_dropin=$(sed -n "s|^file \(/etc/systemd/system/.*\.service\.d/zz-$NAME\.conf\)$|\1|p" <<< "$OLD_MANIFEST" | head -1)
+    [ -f "$R$unit_dropin" ] && record file "$unit_dropin"
+fi
 
 # The drop-in only counts if the main config includes its directory, before any other setting
 # (sshd keeps the first value it reads).
 if [ -f "$R$SSHD_CONFIG" ]; then
     if grep -qiE "^[[:space:]]*Include[[:space:]]+$SSHD_DIR/\*(\.conf)?([[:space:]]|$)" "$R$SSHD_CONFIG"; then
-        grep -qxF "$INCLUDE_MARK" "$R$SSHD_CONFIG" && record include "$SSHD_CONFIG"
+        if grep -qxF "$INCLUDE_MARK" "$R$SSHD_CONFIG"; then
+            record include "$SSHD_CONFIG"
+            dir=$(awk '$1 == "includedir" { print $2 }' <<< "$OLD_MANIFEST")
+            [ -n "$dir" ] && record includedir "$dir"
+        fi
     else
         BACKUP=$(mktemp "$R$SSHD_CONFIG.iak-backup.XXXXXX")
         cp -p "$R$SSHD_CONFIG" "$BACKUP"
@@ -388,6 +1138,7 @@ if [ -f "$R$SSHD_CONFIG" ]; then
         chmod --reference="$R$SSHD_CONFIG" "$tmp"
         mv -f "$tmp" "$R$SSHD_CONFIG"
         record include "$SSHD_CONFIG"
+        record includedir "$SSHD_DIR"
         note "added 'Include $SSHD_DIR/*.conf' at the top of $SSHD_CONFIG"
     fi
 elif [ -z "$R" ]; then
@@ -456,6 +1207,11 @@ printf '%s\n' "${MANIFEST_LINES[@]}" | awk '!seen[$0]++' | put "$R$MANIFEST" 644
 
 if ! validate_sshd; then
     note "sshd -t rejected the configuration"
+    rollback
+fi
+# sshd keeps the first value it reads: our drop-in counts only if nothing read before it sets the same
+# keywords. Judge by what sshd -T says is in effect, never by what the files seem to say.
+if ! verify_effective; then
     rollback
 fi
 trap - ERR

@@ -22,7 +22,9 @@ SVC=iak-e2e
 ALICE=iakalice$$ BOB=iakbob$$ CAROL=iakcarol$$
 # An IAM name Linux cannot hold, and its documented Linux name; a system account named like an IAM user.
 MAPPED_IAM="iakm$$+ops@ex.io" MAPPED=iakm$$.plus.ops.at.ex.io SYSU=iaksys$$
-USERS=("$ALICE" "$BOB" "$CAROL" "$MAPPED" "$SYSU")
+# The image's default account (named here; found in cloud-init's config on a real image).
+DEFU=iakdef$$
+USERS=("$ALICE" "$BOB" "$CAROL" "$MAPPED" "$SYSU" "$DEFU")
 SSHD_PID=
 PROXY_PID=
 
@@ -31,7 +33,7 @@ cleanup() {
     [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null
     [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null
     "$HERE/../install.sh" --uninstall --user "$SVC" --sshd-config "$E/sshd_config" \
-        --sshd-config-dir "$E/sshd_config.d" --bindir "$E/bin" --cache-dir "$E/cache" --no-reload >/dev/null 2>&1
+        --sshd-config-dir "$E/sshd_config.d" --bindir "$E/bin" --cache-dir "$E/cache" --state-dir "$E/state" --no-reload >/dev/null 2>&1
     for u in "${USERS[@]}"; do userdel "$u" 2>/dev/null; done
     [ -n "${KEEP_E2E:-}" ] && { echo "kept $E"; return; }
     rm -rf "$E"
@@ -52,13 +54,13 @@ chmod 0640 "$E/credentials"   # the command user reads it through its group (set
 # Root-owned config file: key options are read from it on every lookup (quotes cannot go in sshd_config).
 : > "$E/iak.conf"
 
-"$HERE/../install.sh" --binary "$BIN" --bindir "$E/bin" --user "$SVC" --cache-dir "$E/cache" \
+"$HERE/../install.sh" --binary "$BIN" --bindir "$E/bin" --user "$SVC" --cache-dir "$E/cache" --state-dir "$E/state" \
     --sshd-config "$E/sshd_config" --sshd-config-dir "$E/sshd_config.d" --no-reload \
     --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" \
-    --ttl 3 --negative-ttl 1 --max-stale 9 --timeout 2 --config "$E/iak.conf"
+    --ttl 3 --negative-ttl 1 --max-stale 9 --timeout 2 --config "$E/iak.conf" --default-user "$DEFU"
 chgrp "$(id -gn "$SVC")" "$E/credentials"
 grep -q "^Include $E/sshd_config.d/\*.conf" "$E/sshd_config" || fail "install.sh did not add the Include line"
-grep -q "^AuthorizedKeysCommandUser $SVC$" "$E/sshd_config.d/50-iam-authorized-keys.conf" || fail "drop-in user"
+grep -q "^AuthorizedKeysCommandUser $SVC$" "$E/sshd_config.d/10-iam-authorized-keys.conf" || fail "drop-in user"
 [ "$(stat -c '%U %a' "$E/cache")" = "$SVC 700" ] || fail "cache dir owner/mode: $(stat -c '%U %a' "$E/cache")"
 [ "$(stat -c '%U %a' "$E/bin/iam-authorized-keys")" = "root 755" ] || fail "binary owner/mode"
 [ "$(getent shadow "$SVC" | cut -d: -f2)" = '!' ] || [ "$(getent shadow "$SVC" | cut -d: -f2)" = '!*' ] ||
@@ -72,6 +74,7 @@ wait_port "$PORT" || fail "sshd did not start: $(cat "$E/sshd.log")"
 SSHD_PID=$(cat "$E/sshd.pid")
 
 for u in "${USERS[@]}"; do
+    [ "$u" = "$DEFU" ] && continue
     if [ "$u" = "$SYSU" ]; then sys=--system; else sys=; fi
     useradd $sys --no-create-home --home-dir / --shell /bin/sh "$u"
     usermod -p '*' "$u"   # '!' counts as locked with UsePAM no
@@ -88,6 +91,27 @@ login() { ssh_login "$E/$1" "$2"; }  # login KEY USER
 login alice $ALICE || fail "$ALICE with her active IAM key could not log in: $(tail -5 "$E/sshd.log")"
 grep -q "Accepted publickey for $ALICE" "$E/sshd.log" || fail "sshd did not log the accepted key"
 pass "login with an active IAM key"
+
+# The default account logs in with its launch key pair from ~/.ssh/authorized_keys; an IAM user of the
+# same name is never served it (no IAM call either); nobody else's authorized_keys counts.
+mkdir -p "$E/home"
+useradd --create-home --home-dir "$E/home/$DEFU" --shell /bin/sh "$DEFU"
+usermod -p '*' "$DEFU"
+ssh-keygen -q -t ed25519 -N '' -C launch -f "$E/launch"
+ssh-keygen -q -t ed25519 -N '' -C defiam -f "$E/defiam"
+install -d -m 0700 -o "$DEFU" -g "$DEFU" "$E/home/$DEFU/.ssh"
+install -m 0600 -o "$DEFU" -g "$DEFU" "$E/launch.pub" "$E/home/$DEFU/.ssh/authorized_keys"
+iam create-user "$DEFU"
+iam upload "$DEFU" "$E/defiam.pub" >/dev/null
+login launch "$DEFU" || fail "the default account could not log in with its authorized_keys key: $(tail -5 "$E/sshd.log")"
+! login defiam "$DEFU" || fail "an IAM user named like the default account logged in as it"
+curl -fsS "$IAM_URL/__proxy/counts" > "$E/counts" || fail "proxy counts"
+grep -q " $DEFU " "$E/counts" && fail "IAM was asked about the default account $DEFU"
+cp "$E/launch.pub" "$E/home/$DEFU/.ssh/authorized_keys2"
+chown "$DEFU:" "$E/home/$DEFU/.ssh/authorized_keys2"
+: > "$E/home/$DEFU/.ssh/authorized_keys"
+! login launch "$DEFU" || fail "authorized_keys2 counted for the default account (only .ssh/authorized_keys should)"
+pass "default account: logs in with ~/.ssh/authorized_keys, never served from IAM (no IAM call), only that file"
 
 # The command exits 0 for sshd on success, run exactly as sshd runs it.
 out=$(cd / && runuser -u "$SVC" -- env -i PATH=/usr/bin:/bin HOME=/nonexistent \
@@ -118,10 +142,10 @@ assert not d["ok"] and len(bad) == 1 and bad[0]["check"] == "cache", bad
 assert sys.argv[2] in bad[0]["detail"] and "chown" in bad[0]["fix"], bad
 PY
 chown "$SVC" "$E/cache"
-mv "$E/sshd_config.d/50-iam-authorized-keys.conf" "$E/dropin.away"
+mv "$E/sshd_config.d/10-iam-authorized-keys.conf" "$E/dropin.away"
 if doctor > "$E/doctor.out" 2>&1; then fail "doctor passed a missing drop-in"; fi
 grep -q "^FAIL drop-in: .*no AuthorizedKeysCommand" "$E/doctor.out" || fail "doctor: $(cat "$E/doctor.out")"
-mv "$E/dropin.away" "$E/sshd_config.d/50-iam-authorized-keys.conf"
+mv "$E/dropin.away" "$E/sshd_config.d/10-iam-authorized-keys.conf"
 doctor > "$E/doctor.out" 2>&1 || fail "doctor after repairs: $(cat "$E/doctor.out")"
 pass "doctor: clean install passes; world-writable dir, wrong cache owner, missing drop-in each named"
 
@@ -133,7 +157,8 @@ pass "login as mapped name $MAPPED for IAM user $MAPPED_IAM"
 iam create-user "$SYSU"
 iam upload "$SYSU" "$E/sys.pub" >/dev/null
 ! login sys "$SYSU" || fail "system account $SYSU (UID $(id -u "$SYSU")) logged in with an IAM key"
-curl -fsS "$IAM_URL/__proxy/counts" | grep -q " $SYSU " && fail "IAM was asked about system account $SYSU"
+curl -fsS "$IAM_URL/__proxy/counts" > "$E/counts" || fail "proxy counts"
+grep -q " $SYSU " "$E/counts" && fail "IAM was asked about system account $SYSU"
 pass "a system account named like an IAM user is refused without an IAM call"
 
 fwd() {  # stdio forwarding to sshd's own port: the banner comes back unless forwarding is refused
@@ -209,13 +234,14 @@ pass "IAM back: login works again"
 pass "sshd found the command path safe"
 
 kill "$SSHD_PID"; SSHD_PID=
-"$HERE/../install.sh" --uninstall --user "$SVC" --sshd-config "$E/sshd_config" --no-reload ||
+"$HERE/../install.sh" --uninstall --user "$SVC" --sshd-config "$E/sshd_config" --state-dir "$E/state" --no-reload ||
     fail "uninstall failed"
 ! getent passwd "$SVC" >/dev/null || fail "uninstall left the service user"
 [ ! -e "$E/bin/iam-authorized-keys" ] && [ ! -e "$E/cache" ] && [ ! -e "$E/sshd_config.d" ] ||
     fail "uninstall left files: $(ls "$E")"
 ! grep -q "Include $E/sshd_config.d" "$E/sshd_config" || fail "uninstall left the Include line"
-[ ! -e /var/lib/iam-authorized-keys/$SVC.manifest ] || fail "uninstall left its manifest"
+[ ! -e "$E/state/$SVC.manifest" ] || fail "uninstall left its manifest"
+[ ! -e /var/lib/iam-authorized-keys/$SVC.manifest ] || fail "the test's manifest went to the host's state directory"
 pass "uninstall removes binary, cache, drop-in, Include line and user"
 
 echo "e2e: ${PASSED} passed, 0 failed"

@@ -70,7 +70,7 @@ PY
 T=$W/ib; mkdir "$T"
 DESTDIR=$T bash "$W/ib-build.sh" 2>"$W/ib.log" || fail "Image Builder build phase: $(cat "$W/ib.log")"
 DESTDIR=$T bash "$W/ib-validate.sh" >/dev/null 2>>"$W/ib.log" || fail "Image Builder validate phase: $(cat "$W/ib.log")"
-grep -q -- "--allowed-group ssh-users" "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" || fail "InstallFlags not applied"
+grep -q -- "--allowed-group ssh-users" "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" || fail "InstallFlags not applied"
 check_tree "$T" "Image Builder"
 pass "EC2 Image Builder component: schema, build and validate phases into an image tree"
 
@@ -139,7 +139,7 @@ PY
 F=$W/flatcar; mkdir -p "$F/etc"; printf 'ID=flatcar\n' > "$F/etc/os-release"
 "$ROOT/install.sh" --root "$F" --binary "$BIN" 2>/dev/null || fail "install.sh into a Flatcar tree"
 directives() { grep -v '^[[:space:]]*\(#\|$\)' "$1"; }
-for f in etc/ssh/sshd_config.d/50-iam-authorized-keys.conf etc/sysusers.d/iam-authorized-keys.conf \
+for f in etc/ssh/sshd_config.d/10-iam-authorized-keys.conf etc/sysusers.d/iam-authorized-keys.conf \
          etc/tmpfiles.d/iam-authorized-keys.conf; do
     diff -u <(directives "$F/$f") <(directives "$T/$f") || fail "Butane /$f differs from install.sh's"
 done
@@ -147,7 +147,7 @@ cmp -s "$T/opt/bin/iam-authorized-keys" "$BIN" && [ "$(stat -c %a "$T/opt/bin/ia
     fail "Butane binary"
 SSHD=$(command -v sshd || echo /usr/sbin/sshd)
 ssh-keygen -q -t ed25519 -N '' -f "$W/hostkey"
-printf 'Include %s\nHostKey %s\n' "$T/etc/ssh/sshd_config.d/50-iam-authorized-keys.conf" "$W/hostkey" > "$W/sshd_config"
+printf 'Include %s\nHostKey %s\n' "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" "$W/hostkey" > "$W/sshd_config"
 mkdir -p /run/sshd
 "$SSHD" -t -f "$W/sshd_config" || fail "sshd -t rejects the Butane drop-in"
 pass "Butane (Flatcar): schema, files materialised with the hash checked, identical to install.sh's, sshd -t ok"

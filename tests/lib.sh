@@ -61,7 +61,7 @@ ssh_login() {
 # image_files: the files install.sh --root puts into an empty image tree, sorted as `find | sort` lists them.
 image_files() {
     cat <<'LIST'
-./etc/ssh/sshd_config.d/50-iam-authorized-keys.conf
+./etc/ssh/sshd_config.d/10-iam-authorized-keys.conf
 ./etc/sysusers.d/iam-authorized-keys.conf
 ./etc/tmpfiles.d/iam-authorized-keys.conf
 ./usr/local/bin/iam-authorized-keys

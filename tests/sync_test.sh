@@ -30,7 +30,7 @@ cleanup() {
     groupdel "$MARK" 2>/dev/null
     rm -f "$SUDOERS"
     "$HERE/../install.sh" --uninstall --user "$SVC" --sshd-config "$E/sshd_config" --sshd-config-dir "$E/sshd_config.d" \
-        --bindir "$E/bin" --cache-dir "$E/cache" --no-reload >/dev/null 2>&1
+        --bindir "$E/bin" --cache-dir "$E/cache" --state-dir "$E/state" --no-reload >/dev/null 2>&1
     rm -rf "$E"
 }
 trap cleanup EXIT
@@ -43,9 +43,9 @@ IAM_URL=http://127.0.0.1:$PPORT
 PORT=$(free_port)
 private_sshd_config "$PORT" "$S1" "$S2" "$S3"
 test_credentials "$E/credentials"
-"$HERE/../install.sh" --binary "$BIN" --bindir "$E/bin" --user "$SVC" --cache-dir "$E/cache" \
+"$HERE/../install.sh" --binary "$BIN" --bindir "$E/bin" --user "$SVC" --cache-dir "$E/cache" --state-dir "$E/state" \
     --sshd-config "$E/sshd_config" --sshd-config-dir "$E/sshd_config.d" --no-reload \
-    --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" --timeout 3 \
+    --endpoint-url "$IAM_URL" --credentials-file "$E/credentials" --timeout 3 --no-default-user \
     --with-sync --sync-group "$GROUP" --sudo-group "$SUDO" --remove-after 3 --managed-group "$MARK" \
     --sudoers-file "$SUDOERS" --sync-state "$STATE" 2>"$E/install.log" || fail "install: $(cat "$E/install.log")"
 chgrp "$(id -gn "$SVC")" "$E/credentials" && chmod 0640 "$E/credentials"

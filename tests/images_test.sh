@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# install.sh on real Debian userlands, not only this machine's: Debian 12 (bookworm, OpenSSH 9.2) and
+# Debian 13 (trixie, OpenSSH 10.0, with systemd-userdbd) root trees built with debootstrap from the Debian
+# package registry (cached under target/images, rebuilt when missing; a scratch copy per test). Each tree's
+# OWN sshd judges the result (in the tree, by chroot) and serves real ssh logins on a loopback port, with
+# the IAM emulator (on loopback too: a chroot shares it) as IAM.
+#   - an IAM user's key logs in to its local account; an IAM user named like the default account is refused
+#   - the default account (cloud-init's default_user) logs in with its authorized_keys key; another
+#     account's authorized_keys does not count (AuthorizedKeysFile none); the Match block is scoped to our
+#     drop-in by both OpenSSH versions (sshd -T -C)
+#   - Debian 13: systemd-userdb's 20- drop-in (a link systemd-tmpfiles makes at first boot) is named and
+#     refused, replaced with --replace-other-command, and given back by --uninstall
+#   - Debian 12: EC2 Instance Connect's unit override laid over the real ssh.service is named and refused
+#   - uninstall restores the tree (account files by content)
+# Needs root (chroot, accounts in the trees).
+#
+# usage: tests/images_test.sh STATIC_BINARY MOTO_URL PYTHON(with boto3)
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
+BIN=${1:?static binary}
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+MOTO_URL=${2:?moto url}
+PY=${3:?python with boto3}
+iam() { "$PY" "$HERE/iam_admin.py" "$MOTO_URL" "$@"; }
+# Unique per run: the emulator may outlive one run. DEF: the image's default account.
+DEF=iakdef$$ IAMU=iakimg$$
+INSTALL=$HERE/../install.sh
+[ "$(id -u)" = 0 ] || fail "images test needs root (chroot)"
+command -v debootstrap >/dev/null || fail "debootstrap missing (Debian package debootstrap)"
+CACHE=$(cd "$HERE/.." && pwd)/target/images
+mkdir -p "$CACHE"
+W=$(mktemp -d "$CACHE/work.XXXXXX")
+SSHD_PID=
+cleanup() {
+    set +e
+    [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null && wait "$SSHD_PID" 2>/dev/null
+    [ -n "${KEEP_IMAGES:-}" ] && { echo "kept $W"; return; }
+    rm -rf --one-file-system "$W"
+}
+trap cleanup EXIT
+
+# The Debian mirror this machine's apt uses (debootstrap's own default otherwise).
+MIRROR=$(awk '/^URIs:/ && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+
+# tree NAME SUITE PACKAGES: the cached tree, built when missing.
+tree() {
+    [ -x "$CACHE/$1/usr/sbin/sshd" ] && return 0
+    echo "building a $2 tree with debootstrap (cached in $CACHE/$1)"
+    rm -rf --one-file-system "$CACHE/$1.tmp"
+    # shellcheck disable=SC2086  # MIRROR: one word or none
+    debootstrap --variant=minbase --include="$3" "$2" "$CACHE/$1.tmp" $MIRROR > "$CACHE/$1.log" 2>&1 ||
+        fail "debootstrap $2: $(tail -5 "$CACHE/$1.log")"
+    mv "$CACHE/$1.tmp" "$CACHE/$1"
+}
+
+# fresh NAME: T = a scratch copy of the cached tree (its root 0755: the command user walks it).
+fresh() {
+    T=$W/$1
+    rm -rf --one-file-system "$T"
+    cp -a "$CACHE/$1" "$T"
+    chmod 0755 "$T"
+    install -d -m 0755 "$T/run/sshd"   # sshd's privilege separation directory, made at boot
+}
+
+# tT [sshd -T args]: the tree's own sshd's effective configuration, into $W/T.
+tT() { chroot "$T" /usr/sbin/sshd -T -o HostKey=/etc/ssh/ssh_host_ed25519_key "$@" > "$W/T" 2> "$W/T.err" || fail "sshd -T in $T: $(cat "$W/T.err")"; }
+
+snapshot() {  # every path with type, mode, numeric owner, size, and content hashes; the account files'
+              # backups (passwd- ..., rewritten by useradd/userdel) left out
+    (cd "$1" && find . \( -path ./proc -o -path './etc/*-' \) -prune -o -printf '%p %y %m %U %G %s\n' | sort &&
+        find . \( -path ./proc -o -path './etc/*-' \) -prune -o -type f -print0 | xargs -0 sha256sum | sort)
+}
+
+# cloud_default NAME: a cloud-init config naming NAME as the default user, and that account with a key.
+cloud_default() {
+    mkdir -p "$T/etc/cloud"
+    printf 'users:\n  - default\nsystem_info:\n  distro: debian\n  default_user:\n    name: %s\n    shell: /bin/bash\n' "$1" > "$T/etc/cloud/cloud.cfg"
+    chroot "$T" useradd --create-home --shell /bin/sh "$1"
+    chroot "$T" usermod -p '*' "$1"   # no password, not locked ('!' is locked with UsePAM no)
+    rm -f "$W/launch" "$W/launch.pub"
+    ssh-keygen -q -t ed25519 -N '' -C launch -f "$W/launch"
+    # Lookups never leave this machine (no instance metadata, no AWS): a credentials file and the
+    # emulator as IAM endpoint, passed to install.sh as LOOKUP.
+    printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$T/etc/iak-test-credentials"
+    chmod 0644 "$T/etc/iak-test-credentials"
+    install -d -m 0700 "$T/home/$1/.ssh"
+    install -m 0600 "$W/launch.pub" "$T/home/$1/.ssh/authorized_keys"
+    chroot "$T" chown -R "$1:" "/home/$1/.ssh"
+}
+
+# login_test WHAT: the tree's own sshd on a loopback port (in the tree; it shares this loopback) logs the
+# default account in with its key and an IAM user with its IAM key; refuses the default account to an IAM
+# user of the same name, and another account's authorized_keys file.
+login_test() {
+    local u
+    for u in other "$IAMU"; do
+        chroot "$T" useradd --create-home --shell /bin/sh "$u"
+        chroot "$T" usermod -p '*' "$u"
+    done
+    install -d -m 0700 "$T/home/other/.ssh"
+    install -m 0600 "$W/launch.pub" "$T/home/other/.ssh/authorized_keys"
+    chroot "$T" chown -R other: /home/other/.ssh
+    PORT=$(free_port)
+    chroot "$T" /usr/sbin/sshd -D -p "$PORT" -o ListenAddress=127.0.0.1 -o UsePAM=no \
+        -o PidFile=/run/iak-test-sshd.pid -E /run/iak-test-sshd.log 2>>"$W/sshd.stderr" &
+    SSHD_PID=$!
+    wait_port "$PORT" || fail "$1: the tree's sshd did not start: $(cat "$T/run/iak-test-sshd.log")"
+    ssh_login "$W/iamkey" "$IAMU" || fail "$1: IAM user $IAMU could not log in with its IAM key: $(tail -5 "$T/run/iak-test-sshd.log")"
+    ssh_login "$W/launch" "$DEF" || fail "$1: the default account could not log in with its key: $(tail -5 "$T/run/iak-test-sshd.log")"
+    ! ssh_login "$W/defiam" "$DEF" || fail "$1: an IAM user named like the default account logged in as it"
+    ! ssh_login "$W/launch" other || fail "$1: another account's authorized_keys counted (AuthorizedKeysFile none expected)"
+    kill "$SSHD_PID"; wait "$SSHD_PID" 2>/dev/null || true; SSHD_PID=
+    rm -f "$T/run/iak-test-sshd.pid" "$T/run/iak-test-sshd.log"
+    rm -rf "$T/var/cache/iam-authorized-keys/"*   # records of this test; uninstall compares the tree
+    for u in other "$IAMU"; do chroot "$T" userdel --remove "$u" 2>/dev/null; done
+}
+
+# IAM users: one with a local account in the trees, one named like the default account.
+for k in iamkey defiam; do ssh-keygen -q -t ed25519 -N '' -C "$k" -f "$W/$k"; done
+iam create-user "$IAMU"
+iam upload "$IAMU" "$W/iamkey.pub" >/dev/null
+iam create-user "$DEF"
+iam upload "$DEF" "$W/defiam.pub" >/dev/null
+LOOKUP=(--credentials-file /etc/iak-test-credentials --endpoint-url "$MOTO_URL" --timeout 3)
+
+# scoped VERSION: the Match block for the default account is scoped to our drop-in (settings read after
+# it, Debian's X11Forwarding yes in sshd_config, still apply to other accounts) and gives it its file.
+scoped() {
+    tT -C "user=$DEF,host=x,addr=127.0.0.1"
+    grep -qx "authorizedkeysfile .ssh/authorized_keys" "$W/T" || fail "$1: $DEF's AuthorizedKeysFile: $(grep -i authorizedkeysfile "$W/T")"
+    tT -C user=alice,host=x,addr=127.0.0.1
+    grep -qx "authorizedkeysfile none" "$W/T" || fail "$1: the Match block leaked to alice"
+    grep -qx "x11forwarding yes" "$W/T" || fail "$1: the Match block captured sshd_config's later settings (not scoped)"
+}
+
+tree bookworm bookworm openssh-server
+tree trixie trixie openssh-server,systemd-userdbd
+
+# --- Debian 12 -----------------------------------------------------------------------------------------
+fresh bookworm
+cloud_default "$DEF"
+before=$(snapshot "$T")
+"$INSTALL" --root "$T" --binary "$BIN" "${LOOKUP[@]}" 2>"$W/log1" || fail "Debian 12: install: $(cat "$W/log1")"
+grep -q "checking with the tree's own sshd (OpenSSH_9.2" "$W/log1" || fail "Debian 12: not judged by the tree's sshd: $(cat "$W/log1")"
+grep -q "default account from cloud-init: $DEF" "$W/log1" || fail "Debian 12: default account not found"
+tT
+grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user $DEF --uid %U -- %u %f %t" "$W/T" &&
+    grep -qx "authorizedkeyscommanduser iam-authorized-keys" "$W/T" && grep -qx "authorizedkeysfile none" "$W/T" ||
+    fail "Debian 12: not in effect: $(grep -i authorizedkeys "$W/T")"
+scoped "Debian 12 (OpenSSH 9.2)"
+login_test "Debian 12"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null || fail "Debian 12: uninstall"
+[ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "Debian 12: uninstall did not restore the tree"; }
+! grep -q '^iam-authorized-keys:' "$T/etc/passwd" || fail "Debian 12: uninstall left the service user"
+pass "Debian 12 (OpenSSH 9.2): judged by its own sshd; IAM user logs in; default account logs in with its key, never as the IAM user of its name; others' authorized_keys do not count; Match scoped; uninstall restores"
+
+# EC2 Instance Connect's override over the real ssh.service of the package.
+fresh bookworm
+mkdir -p "$T/usr/lib/systemd/system/ssh.service.d"
+printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D -o "AuthorizedKeysCommand /usr/share/ec2-instance-connect/eic_run_authorized_keys %%%%u %%%%f" -o "AuthorizedKeysCommandUser ec2-instance-connect" $SSHD_OPTS\n' \
+    > "$T/usr/lib/systemd/system/ssh.service.d/ec2-instance-connect.conf"
+before=$(snapshot "$T")
+if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log2"; then fail "Debian 12: displaced EIC's unit override"; fi
+grep -q "ssh.service unit.*eic_run_authorized_keys %u %f.*ec2-instance-connect.conf" "$W/log2" || fail "Debian 12: EIC not named: $(cat "$W/log2")"
+[ "$before" = "$(snapshot "$T")" ] || fail "Debian 12: a refused install changed the tree"
+"$INSTALL" --root "$T" --binary "$BIN" --replace-other-command --no-default-user 2>"$W/log2" || fail "Debian 12: --replace-other-command: $(cat "$W/log2")"
+"$INSTALL" --root "$T" --sshd-unit > "$W/u"
+grep -qx 'execstart /usr/sbin/sshd -D $SSHD_OPTS' "$W/u" && ! grep -q '^option' "$W/u" || fail "Debian 12: unit after replace: $(cat "$W/u")"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+[ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "Debian 12: uninstall did not restore the EIC tree"; }
+pass "Debian 12: EC2 Instance Connect's override of the package's ssh.service is named and refused; replaced on request; uninstall restores"
+
+# --- Debian 13 with systemd-userdbd ----------------------------------------------------------------------
+fresh trixie
+[ -f "$T/usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf" ] || fail "Debian 13: systemd-userdbd ships no sshd drop-in (package changed?)"
+rm -f "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf"   # as built in a chroot: the link comes at first boot
+cloud_default "$DEF"
+before=$(snapshot "$T")
+if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log3"; then fail "Debian 13: ignored the userdb link systemd-tmpfiles makes at boot"; fi
+grep -q "at boot systemd-tmpfiles links .*20-systemd-userdb.conf.*userdbctl ssh-authorized-keys %u" "$W/log3" ||
+    fail "Debian 13: the refusal does not name the boot-time link: $(cat "$W/log3")"
+[ "$before" = "$(snapshot "$T")" ] || fail "Debian 13: a refused install changed the tree"
+ln -s /usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf"   # after first boot
+before=$(snapshot "$T")
+if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log3"; then fail "Debian 13: displaced userdbctl without --replace-other-command"; fi
+grep -q "another AuthorizedKeysCommand is in effect: '/usr/bin/userdbctl ssh-authorized-keys %u'" "$W/log3" &&
+    grep -q "20-systemd-userdb.conf:[0-9]*: AuthorizedKeysCommand" "$W/log3" || fail "Debian 13: userdb not named: $(cat "$W/log3")"
+"$INSTALL" --root "$T" --binary "$BIN" "${LOOKUP[@]}" --replace-other-command 2>"$W/log3" || fail "Debian 13: --replace-other-command: $(cat "$W/log3")"
+grep -q "checking with the tree's own sshd (OpenSSH_10" "$W/log3" || fail "Debian 13: not judged by the tree's sshd: $(cat "$W/log3")"
+tT
+grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user $DEF --uid %U -- %u %f %t" "$W/T" &&
+    grep -qx "authorizedkeyscommanduser iam-authorized-keys" "$W/T" || fail "Debian 13: ours not in effect: $(grep -i authorizedkeys "$W/T")"
+scoped "Debian 13 (OpenSSH 10.0)"
+login_test "Debian 13"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null || fail "Debian 13: uninstall"
+[ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "Debian 13: uninstall did not restore the tree"; }
+tT
+grep -qx "authorizedkeyscommand /usr/bin/userdbctl ssh-authorized-keys %u" "$W/T" || fail "Debian 13: uninstall did not give userdbctl back"
+pass "Debian 13 (OpenSSH 10.0, systemd-userdbd): userdb named (also the link tmpfiles makes at boot) and refused; replaced on request; IAM user and default account log in; uninstall gives userdb back"
+
+echo "images: ${PASSED} passed, 0 failed"
