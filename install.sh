@@ -36,7 +36,9 @@ Builds the static ($TARGET) binary, installs it root-owned 0755, creates the loc
 0700 cache directory, installs the sshd drop-in (10-$NAME.conf), validates with 'sshd -t' and checks
 with 'sshd -T' (plus the -o options of sshd's systemd unit) that its AuthorizedKeysCommand, user and
 AuthorizedKeysFile are the ones in effect, rolling everything back otherwise (naming what wins), and
-reloads sshd. Refuses when another AuthorizedKeysCommand is in effect (see --replace-other-command).
+reloads sshd. When another AuthorizedKeysCommand is in effect (EC2 Instance Connect, systemd-userdb,
+SSSD, ...), ours chains it: it runs that command after its own lookup and prints both answers, so every
+login that worked before still works (see --replace-other-command).
 Keeps the image's default account on its authorized_keys (see --default-user). Running it again
 changes nothing; --uninstall removes what it installed.
 
@@ -59,9 +61,9 @@ Where:
       --sudoers-file PATH  --sync-state PATH  (groups repeatable; without --sync-group it uses the
                           --allowed-group values)
   --replace-other-command when another AuthorizedKeysCommand is in effect (EC2 Instance Connect,
-                          systemd-userdb, SSSD, ...), replace it: the keys it served stop working.
-                          Without this option install.sh refuses and names it. (When it comes from
-                          the sshd unit's command line, a unit drop-in zz-$NAME.conf drops it.)
+                          systemd-userdb, SSSD, ...), replace it instead of chaining it: the keys it
+                          served stop working. (Either way, when it comes from the sshd unit's
+                          command line, a unit drop-in zz-$NAME.conf drops it from there.)
   --default-user NAME     the image's default login account (repeatable), instead of finding it: it is
                           never served from IAM (--deny-user) and keeps its ~/.ssh/authorized_keys
                           (a Match User block at the end of the drop-in). Found by default from
@@ -132,7 +134,7 @@ while [ $# -gt 0 ]; do
             shift ;;
         --key-expiry) FLAGS+=("$1") ;;
         --ttl|--negative-ttl|--max-stale|--timeout|--region|--endpoint-url|--credentials-file|--profile|--config|\
-        --allowed-group|--name-case|--min-uid|--allow-user|--deny-user|--assume-role|--external-id|\
+        --allowed-group|--name-case|--min-uid|--max-uid|--allow-user|--deny-user|--assume-role|--external-id|\
         --sts-endpoint-url|--key-options)
             [ $# -ge 2 ] || die "$1 needs a value"
             safe_value "$1" "$2"
@@ -883,9 +885,43 @@ if [ $UNINSTALL = 1 ]; then uninstall; exit 0; fi
 
 # --- another AuthorizedKeysCommand already in effect? ---------------------------------------------------
 # sshd runs one command. Ours would displace one that is in effect, and the logins it serves would
-# stop. Refuse by default, before anything is built or written, and name it.
-# TODO(#13 item 2): run the other command after our own lookup (chaining) instead; that needs the binary.
+# stop. So ours chains it (--chain): it runs that command beside its own lookup, as our
+# AuthorizedKeysCommandUser, and prints its checked keys after ours. --replace-other-command replaces it.
 is_ours() { local w=${1%% *}; [ "$(basename "$w")" = "$NAME" ]; }
+CHAIN_PROG=
+CHAIN_ARGS=()
+# chain_other CMD: checks that CMD can be chained (the checks sshd and our binary apply to a command,
+# and words we can pass on unchanged) and records it; dies naming the problem otherwise.
+chain_other() {
+    local cmd=$1 words w p real mode owner
+    read -r -a words <<< "$cmd"
+    [ ${#words[@]} -gt 0 ] || die "empty AuthorizedKeysCommand"
+    for w in "${words[@]}"; do
+        [[ $w =~ ^[A-Za-z0-9_./:@+=,%-]+$ ]] ||
+            die "cannot chain '$cmd': the word '$w' would not survive our drop-in unchanged; run install.sh again with --replace-other-command"
+    done
+    if [ -n "$CHAIN_PROG" ]; then
+        [ "$CHAIN_PROG ${CHAIN_ARGS[*]}" = "${words[*]}" ] && return 0
+        die "two other AuthorizedKeysCommands ('$CHAIN_PROG ${CHAIN_ARGS[*]}', '$cmd'): ours chains one; run install.sh again with --replace-other-command"
+    fi
+    [[ ${words[0]} == /* ]] || die "cannot chain '$cmd': its program is not an absolute path"
+    real=$(tree_path "${words[0]}")
+    [ -f "$real" ] && [ -x "$real" ] || die "cannot chain '$cmd': $real is not an executable file"
+    [ -z "$R" ] && real=$(readlink -f "$real")
+    p=$real
+    while :; do
+        owner=$(stat -Lc %u "$p"); mode=$(stat -Lc %a "$p")
+        [ "$owner" = 0 ] && (( (8#$mode & 8#022) == 0 )) ||
+            die "cannot chain '$cmd': $p is owned by uid $owner with mode $mode (sshd, and ours, run only root-owned commands without group/world-writable directories); fix that, or --replace-other-command"
+        [ "$p" = / ] || [ "$p" = "${R:-/}" ] && break
+        p=$(dirname "$p")
+    done
+    CHAIN_PROG=${words[0]}
+    CHAIN_ARGS=("${words[@]:1}")
+    note "chaining it: '$CHAIN_PROG' runs beside our lookup, as $SVC_USER (not ${2:-its own user}), and its keys are printed after ours"
+    [ "${2:-}" != root ] ||
+        note "  it ran as root before: data only root may read (e.g. userdb's NAME.user-privileged files) is out of its reach now"
+}
 if [ -z "$PACKAGE" ]; then
     [ -n "$R" ] || [ -f "$SSHD_CONFIG" ] || die "$SSHD_CONFIG not found: install openssh-server first"
     # sshd's unit may run another config file (-f): then ours would never be read.
@@ -895,17 +931,27 @@ if [ -z "$PACKAGE" ]; then
     fi
     sshd_T || die "sshd -T cannot read the current configuration (fix it first): $(cat "$SCRATCH/T.err")"
     other=$(effective authorizedkeyscommand)
+    if is_ours "$other" && [ $REPLACE_OTHER = 0 ]; then
+        # Installed before: keep chaining what it chained.
+        read -r -a words <<< "$other"
+        for ((i = 0; i < ${#words[@]}; i++)); do
+            case ${words[$i]} in
+                --chain) CHAIN_PROG=${words[$((i + 1))]} ;;
+                --chain-arg) CHAIN_ARGS+=("${words[$((i + 1))]}") ;;
+            esac
+        done
+        [ -z "$CHAIN_PROG" ] || note "keeping the chained command '$CHAIN_PROG ${CHAIN_ARGS[*]}' of the earlier install"
+    fi
     if [ -n "$other" ] && [ "$other" != none ] && ! is_ours "$other"; then
         other_user=$(effective authorizedkeyscommanduser)
         other_from=$(who_sets AuthorizedKeysCommand)
         note "another AuthorizedKeysCommand is in effect: '$other' (AuthorizedKeysCommandUser ${other_user:-none})"
         note "  set by $other_from"
         if [ $REPLACE_OTHER = 0 ]; then
-            note "Ours would replace it, and the keys it serves would stop working (on EC2 that may be EC2 Instance"
-            note "Connect's browser 'Connect'; with systemd-userdb, the keys userdbctl serves)."
-            die "refusing: remove that command, or run install.sh again with --replace-other-command to replace it"
+            chain_other "$other" "$other_user"
+        else
+            note "replacing it (--replace-other-command): logins through '$other' stop working"
         fi
-        note "replacing it (--replace-other-command): logins through '$other' stop working"
     fi
     # What systemd-tmpfiles adds at boot counts too.
     while read -r link target; do
@@ -917,10 +963,10 @@ if [ -z "$PACKAGE" ]; then
             die "that file sorts before $(basename "$DROPIN") and would win: mask it (an empty $R/etc/tmpfiles.d/ file of the same name) first"
         fi
         if [ $REPLACE_OTHER = 0 ]; then
-            note "Ours would replace it, and the keys it serves would stop working."
-            die "refusing: mask it (an empty $R/etc/tmpfiles.d/ file of the same name), or run install.sh again with --replace-other-command"
+            chain_other "$cmd"
+        else
+            note "replacing it (--replace-other-command): logins through '$cmd' stop working"
         fi
-        note "replacing it (--replace-other-command): logins through '$cmd' stop working"
     done < <(boot_dropins)
 fi
 
@@ -1084,9 +1130,18 @@ record cachedir "$CACHE_DIR"
 for u in "${DEFAULT_USERS[@]}"; do
     [[ " ${FLAGS[*]} " == *" --deny-user $u "* ]] || FLAGS+=(--deny-user "$u")
 done
+# UID_MAX of this image, so a lookup need not read /etc/login.defs on every login.
+if [[ " ${FLAGS[*]} " != *" --max-uid "* ]] && [ -f "$R/etc/login.defs" ]; then
+    uid_max=$(awk '$1 == "UID_MAX" && $2 ~ /^[0-9]+$/ { print $2; exit }' "$R/etc/login.defs")
+    [ -n "$uid_max" ] && FLAGS+=(--max-uid "$uid_max")
+fi
 command_line="$dest"
 [ ${#FLAGS[@]} -gt 0 ] && command_line+=" ${FLAGS[*]}"
 [ "$CACHE_DIR" != /var/cache/$NAME ] && command_line+=" --cache-dir $CACHE_DIR"
+if [ -n "$CHAIN_PROG" ]; then
+    command_line+=" --chain $CHAIN_PROG"
+    for a in "${CHAIN_ARGS[@]}"; do command_line+=" --chain-arg $a"; done
+fi
 # %U lets the account rules see the UID sshd resolved (NSS included); %f %t are logged for the audit.
 command_line+=" --uid %U -- %u %f %t"
 mkdirs "$SSHD_DIR"
@@ -1106,7 +1161,7 @@ fi
 # Connect's Debian/Ubuntu package): a unit drop-in, sorted after the others (the last ExecStart= wins),
 # restates that ExecStart without its AuthorizedKeysCommand/AuthorizedKeysCommandUser options.
 UNIT_CHANGED=0
-if [ $REPLACE_OTHER = 1 ] && unit_applies && unit_has_command; then
+if { [ $REPLACE_OTHER = 1 ] || [ -n "$CHAIN_PROG" ]; } && unit_applies && unit_has_command; then
     unit_dropin=/etc/systemd/system/$UNIT_NAME.d/zz-$NAME.conf
     mkdirs "$(dirname "$unit_dropin")"
     [ -e "$R$unit_dropin" ] || CREATED+=("$R$unit_dropin")

@@ -9,8 +9,10 @@
 #     account's authorized_keys does not count (AuthorizedKeysFile none); the Match block is scoped to our
 #     drop-in by both OpenSSH versions (sshd -T -C)
 #   - Debian 13: systemd-userdb's 20- drop-in (a link systemd-tmpfiles makes at first boot) is named and
-#     refused, replaced with --replace-other-command, and given back by --uninstall
-#   - Debian 12: EC2 Instance Connect's unit override laid over the real ssh.service is named and refused
+#     chained: the real userdbctl answers for a userdb user, who logs in with that key beside the IAM
+#     user; --replace-other-command replaces it; --uninstall gives it back
+#   - Debian 12: EC2 Instance Connect's unit override laid over the real ssh.service is named; a unit
+#     drop-in makes ours effective and ours chains EIC's program (a root-owned stand-in), whose key logs in
 #   - uninstall restores the tree (account files by content)
 # Needs root (chroot, accounts in the trees).
 #
@@ -82,8 +84,9 @@ cloud_default() {
     ssh-keygen -q -t ed25519 -N '' -C launch -f "$W/launch"
     # Lookups never leave this machine (no instance metadata, no AWS): a credentials file and the
     # emulator as IAM endpoint, passed to install.sh as LOOKUP.
+    # 0600 root here; login_test lends it to the command user's group (a world-readable one is refused).
     printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$T/etc/iak-test-credentials"
-    chmod 0644 "$T/etc/iak-test-credentials"
+    chmod 0600 "$T/etc/iak-test-credentials"
     install -d -m 0700 "$T/home/$1/.ssh"
     install -m 0600 "$W/launch.pub" "$T/home/$1/.ssh/authorized_keys"
     chroot "$T" chown -R "$1:" "/home/$1/.ssh"
@@ -94,6 +97,8 @@ cloud_default() {
 # user of the same name, and another account's authorized_keys file.
 login_test() {
     local u
+    chroot "$T" chgrp iam-authorized-keys /etc/iak-test-credentials
+    chmod 0640 "$T/etc/iak-test-credentials"
     for u in other "$IAMU"; do
         chroot "$T" useradd --create-home --shell /bin/sh "$u"
         chroot "$T" usermod -p '*' "$u"
@@ -110,14 +115,22 @@ login_test() {
     ssh_login "$W/launch" "$DEF" || fail "$1: the default account could not log in with its key: $(tail -5 "$T/run/iak-test-sshd.log")"
     ! ssh_login "$W/defiam" "$DEF" || fail "$1: an IAM user named like the default account logged in as it"
     ! ssh_login "$W/launch" other || fail "$1: another account's authorized_keys counted (AuthorizedKeysFile none expected)"
+    if [ -n "${CHAINED_USER:-}" ]; then
+        ssh_login "$W/chainkey" "$CHAINED_USER" ||
+            fail "$1: $CHAINED_USER could not log in with the chained command's key: $(tail -5 "$T/run/iak-test-sshd.log")"
+        ssh_login "$W/iamkey" "$IAMU" || fail "$1: the IAM user no longer logs in beside the chained command"
+    fi
     kill "$SSHD_PID"; wait "$SSHD_PID" 2>/dev/null || true; SSHD_PID=
+    chroot "$T" chgrp root /etc/iak-test-credentials
+    chmod 0600 "$T/etc/iak-test-credentials"
     rm -f "$T/run/iak-test-sshd.pid" "$T/run/iak-test-sshd.log"
     rm -rf "$T/var/cache/iam-authorized-keys/"*   # records of this test; uninstall compares the tree
     for u in other "$IAMU"; do chroot "$T" userdel --remove "$u" 2>/dev/null; done
 }
 
-# IAM users: one with a local account in the trees, one named like the default account.
-for k in iamkey defiam; do ssh-keygen -q -t ed25519 -N '' -C "$k" -f "$W/$k"; done
+# IAM users: one with a local account in the trees, one named like the default account. chainkey: the
+# key the chained command (EIC's stand-in, or userdb) serves.
+for k in iamkey defiam chainkey; do ssh-keygen -q -t ed25519 -N '' -C "$k" -f "$W/$k"; done
 iam create-user "$IAMU"
 iam upload "$IAMU" "$W/iamkey.pub" >/dev/null
 iam create-user "$DEF"
@@ -145,7 +158,7 @@ before=$(snapshot "$T")
 grep -q "checking with the tree's own sshd (OpenSSH_9.2" "$W/log1" || fail "Debian 12: not judged by the tree's sshd: $(cat "$W/log1")"
 grep -q "default account from cloud-init: $DEF" "$W/log1" || fail "Debian 12: default account not found"
 tT
-grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user $DEF --uid %U -- %u %f %t" "$W/T" &&
+grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user $DEF --max-uid 60000 --uid %U -- %u %f %t" "$W/T" &&
     grep -qx "authorizedkeyscommanduser iam-authorized-keys" "$W/T" && grep -qx "authorizedkeysfile none" "$W/T" ||
     fail "Debian 12: not in effect: $(grep -i authorizedkeys "$W/T")"
 scoped "Debian 12 (OpenSSH 9.2)"
@@ -155,48 +168,73 @@ login_test "Debian 12"
 ! grep -q '^iam-authorized-keys:' "$T/etc/passwd" || fail "Debian 12: uninstall left the service user"
 pass "Debian 12 (OpenSSH 9.2): judged by its own sshd; IAM user logs in; default account logs in with its key, never as the IAM user of its name; others' authorized_keys do not count; Match scoped; uninstall restores"
 
-# EC2 Instance Connect's override over the real ssh.service of the package.
+# EC2 Instance Connect's override over the real ssh.service of the package, with a root-owned stand-in for
+# its program that serves one account's key (EIC's runner prints the key pushed for that login).
 fresh bookworm
-mkdir -p "$T/usr/lib/systemd/system/ssh.service.d"
+cloud_default "$DEF"
+mkdir -p "$T/usr/lib/systemd/system/ssh.service.d" "$T/usr/share/ec2-instance-connect"
 printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D -o "AuthorizedKeysCommand /usr/share/ec2-instance-connect/eic_run_authorized_keys %%%%u %%%%f" -o "AuthorizedKeysCommandUser ec2-instance-connect" $SSHD_OPTS\n' \
     > "$T/usr/lib/systemd/system/ssh.service.d/ec2-instance-connect.conf"
+printf '#!/bin/sh\n[ "$1" = eicuser ] && echo "%s"\nexit 0\n' "$(cat "$W/chainkey.pub")" > "$T/usr/share/ec2-instance-connect/eic_run_authorized_keys"
+chmod 0755 "$T/usr/share/ec2-instance-connect/eic_run_authorized_keys"
+chroot "$T" useradd --create-home --shell /bin/sh eicuser; chroot "$T" usermod -p '*' eicuser
 before=$(snapshot "$T")
-if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log2"; then fail "Debian 12: displaced EIC's unit override"; fi
-grep -q "ssh.service unit.*eic_run_authorized_keys %u %f.*ec2-instance-connect.conf" "$W/log2" || fail "Debian 12: EIC not named: $(cat "$W/log2")"
-[ "$before" = "$(snapshot "$T")" ] || fail "Debian 12: a refused install changed the tree"
-"$INSTALL" --root "$T" --binary "$BIN" --replace-other-command --no-default-user 2>"$W/log2" || fail "Debian 12: --replace-other-command: $(cat "$W/log2")"
+"$INSTALL" --root "$T" --binary "$BIN" "${LOOKUP[@]}" 2>"$W/log2" || fail "Debian 12: chaining EIC: $(cat "$W/log2")"
+grep -q "ssh.service unit.*eic_run_authorized_keys %u %f.*ec2-instance-connect.conf" "$W/log2" && grep -q "chaining it" "$W/log2" ||
+    fail "Debian 12: EIC not named and chained: $(cat "$W/log2")"
 "$INSTALL" --root "$T" --sshd-unit > "$W/u"
-grep -qx 'execstart /usr/sbin/sshd -D $SSHD_OPTS' "$W/u" && ! grep -q '^option' "$W/u" || fail "Debian 12: unit after replace: $(cat "$W/u")"
+grep -qx 'execstart /usr/sbin/sshd -D $SSHD_OPTS' "$W/u" && ! grep -q '^option' "$W/u" || fail "Debian 12: unit after install: $(cat "$W/u")"
+tT
+grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user $DEF --max-uid 60000 --chain /usr/share/ec2-instance-connect/eic_run_authorized_keys --chain-arg %u --chain-arg %f --uid %U -- %u %f %t" "$W/T" ||
+    fail "Debian 12: EIC's program not chained: $(grep -i authorizedkeys "$W/T")"
+CHAINED_USER=eicuser login_test "Debian 12 with EC2 Instance Connect"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null
 [ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "Debian 12: uninstall did not restore the EIC tree"; }
-pass "Debian 12: EC2 Instance Connect's override of the package's ssh.service is named and refused; replaced on request; uninstall restores"
+"$INSTALL" --root "$T" --sshd-unit > "$W/u"
+grep -q '^option AuthorizedKeysCommand /usr/share/ec2-instance-connect/eic_run_authorized_keys %u %f' "$W/u" || fail "Debian 12: uninstall did not give EIC its options back"
+pass "Debian 12: EC2 Instance Connect's override of the package's ssh.service is named; ours is made effective and chains EIC's program: its key and the IAM key log in through the tree's sshd; uninstall restores"
 
 # --- Debian 13 with systemd-userdbd ----------------------------------------------------------------------
 fresh trixie
 [ -f "$T/usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf" ] || fail "Debian 13: systemd-userdbd ships no sshd drop-in (package changed?)"
 rm -f "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf"   # as built in a chroot: the link comes at first boot
 cloud_default "$DEF"
+# A userdb user whose record (a drop-in the real userdbctl reads itself) carries an SSH key. The key sits
+# in the record's privileged section inline, readable by the command user: a root-only NAME.user-privileged
+# file would hide it from any AuthorizedKeysCommandUser but root (README: Coexisting).
+chroot "$T" useradd --create-home --shell /bin/sh udbuser; chroot "$T" usermod -p '*' udbuser
+mkdir -p "$T/etc/userdb"
+printf '{"userName":"udbuser","uid":%s,"privileged":{"sshAuthorizedKeys":["%s"]}}\n' \
+    "$(chroot "$T" id -u udbuser)" "$(cat "$W/chainkey.pub")" > "$T/etc/userdb/udbuser.user"
+chmod 0644 "$T/etc/userdb/udbuser.user"
+[ "$(chroot "$T" runuser -u nobody -- /usr/bin/userdbctl ssh-authorized-keys udbuser)" = "$(cat "$W/chainkey.pub")" ] ||
+    fail "Debian 13: the real userdbctl does not answer for udbuser (unprivileged)"
 before=$(snapshot "$T")
-if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log3"; then fail "Debian 13: ignored the userdb link systemd-tmpfiles makes at boot"; fi
-grep -q "at boot systemd-tmpfiles links .*20-systemd-userdb.conf.*userdbctl ssh-authorized-keys %u" "$W/log3" ||
-    fail "Debian 13: the refusal does not name the boot-time link: $(cat "$W/log3")"
-[ "$before" = "$(snapshot "$T")" ] || fail "Debian 13: a refused install changed the tree"
+"$INSTALL" --root "$T" --binary "$BIN" "${LOOKUP[@]}" 2>"$W/log3" || fail "Debian 13: chaining the boot-time userdb link: $(cat "$W/log3")"
+grep -q "at boot systemd-tmpfiles links .*20-systemd-userdb.conf.*userdbctl ssh-authorized-keys %u" "$W/log3" && grep -q "chaining it" "$W/log3" ||
+    fail "Debian 13: the boot-time link is not named and chained: $(cat "$W/log3")"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null || fail "Debian 13: uninstall"
+[ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "Debian 13: uninstall did not restore the tree"; }
 ln -s /usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf"   # after first boot
 before=$(snapshot "$T")
-if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log3"; then fail "Debian 13: displaced userdbctl without --replace-other-command"; fi
+"$INSTALL" --root "$T" --binary "$BIN" "${LOOKUP[@]}" 2>"$W/log3" || fail "Debian 13: chaining userdbctl: $(cat "$W/log3")"
 grep -q "another AuthorizedKeysCommand is in effect: '/usr/bin/userdbctl ssh-authorized-keys %u'" "$W/log3" &&
-    grep -q "20-systemd-userdb.conf:[0-9]*: AuthorizedKeysCommand" "$W/log3" || fail "Debian 13: userdb not named: $(cat "$W/log3")"
-"$INSTALL" --root "$T" --binary "$BIN" "${LOOKUP[@]}" --replace-other-command 2>"$W/log3" || fail "Debian 13: --replace-other-command: $(cat "$W/log3")"
+    grep -q "20-systemd-userdb.conf:[0-9]*: AuthorizedKeysCommand" "$W/log3" && grep -q "chaining it" "$W/log3" ||
+    fail "Debian 13: userdb not named and chained: $(cat "$W/log3")"
 grep -q "checking with the tree's own sshd (OpenSSH_10" "$W/log3" || fail "Debian 13: not judged by the tree's sshd: $(cat "$W/log3")"
 tT
-grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user $DEF --uid %U -- %u %f %t" "$W/T" &&
-    grep -qx "authorizedkeyscommanduser iam-authorized-keys" "$W/T" || fail "Debian 13: ours not in effect: $(grep -i authorizedkeys "$W/T")"
+grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user $DEF --max-uid 60000 --chain /usr/bin/userdbctl --chain-arg ssh-authorized-keys --chain-arg %u --uid %U -- %u %f %t" "$W/T" &&
+    grep -qx "authorizedkeyscommanduser iam-authorized-keys" "$W/T" || fail "Debian 13: ours (chaining userdbctl) not in effect: $(grep -i authorizedkeys "$W/T")"
 scoped "Debian 13 (OpenSSH 10.0)"
-login_test "Debian 13"
+CHAINED_USER=udbuser login_test "Debian 13 with userdbctl chained"
+"$INSTALL" --root "$T" --binary "$BIN" "${LOOKUP[@]}" --replace-other-command 2>"$W/log3" || fail "Debian 13: --replace-other-command: $(cat "$W/log3")"
+tT
+grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys ${LOOKUP[*]} --deny-user $DEF --max-uid 60000 --uid %U -- %u %f %t" "$W/T" ||
+    fail "Debian 13: --replace-other-command kept the chain: $(grep -i authorizedkeys "$W/T")"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null || fail "Debian 13: uninstall"
 [ "$before" = "$(snapshot "$T")" ] || { diff <(echo "$before") <(snapshot "$T") >&2; fail "Debian 13: uninstall did not restore the tree"; }
 tT
 grep -qx "authorizedkeyscommand /usr/bin/userdbctl ssh-authorized-keys %u" "$W/T" || fail "Debian 13: uninstall did not give userdbctl back"
-pass "Debian 13 (OpenSSH 10.0, systemd-userdbd): userdb named (also the link tmpfiles makes at boot) and refused; replaced on request; IAM user and default account log in; uninstall gives userdb back"
+pass "Debian 13 (OpenSSH 10.0, systemd-userdbd): userdb named (also the link tmpfiles makes at boot) and chained: the real userdbctl's key and the IAM key log in, the default account too; --replace-other-command replaces it; uninstall gives userdb back"
 
 echo "images: ${PASSED} passed, 0 failed"

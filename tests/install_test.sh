@@ -256,7 +256,8 @@ grep -qx "unit sshd.service" "$W/u" && grep -qx "option AuthorizedKeysCommand /o
     fail "sshd.service: $(cat "$W/u")"
 pass "sshd unit: fragment, alias, drop-ins from /etc /run /usr/lib sorted by name (same order as systemd-analyze), masking, ExecStart= reset, \$SSHD_OPTS, -f, -o"
 
-# 5. Another command in effect: refused by default, naming it; --replace-other-command replaces it.
+# 5. Another command in effect: chained by default (ours runs it and prints its keys after ours), named;
+#    --replace-other-command replaces it; uninstall gives it back.
 base_tree() {  # base_tree TREE: sshd_config that includes the drop-in directory, account files
     mkdir -p "$1/etc/ssh/sshd_config.d"; sandbox_accounts "$1"
     printf 'Include /etc/ssh/sshd_config.d/*.conf\nKbdInteractiveAuthentication no\nUsePAM yes\n' > "$1/etc/ssh/sshd_config"
@@ -275,77 +276,99 @@ tree_T() {  # tree_T TREE [sshd args]: sshd -T over TREE's config, drop-ins (abs
     "$SSHD" -T -f "$c/sshd_config" -o "HostKey=$W/hostkey" "$@" > "$W/T"
 }
 
+fake_command() {  # fake_command TREE PATH: a root-owned 0755 program standing in for another key command
+    mkdir -p "$1$(dirname "$2")"; printf '#!/bin/sh\nexit 0\n' > "$1$2"; chmod 0755 "$1$2"
+}
+ours_with() {  # ours_with ARGS...: the AuthorizedKeysCommand line install.sh writes for the defaults
+    echo "authorizedkeyscommand /usr/local/bin/iam-authorized-keys${1:+ $*} --uid %U -- %u %f %t"
+}
+USERDB_CHAIN='--chain /usr/bin/userdbctl --chain-arg ssh-authorized-keys --chain-arg %u'
+EIC_CHAIN='--chain /usr/share/ec2-instance-connect/eic_run_authorized_keys --chain-arg %u --chain-arg %f'
+
 # systemd-userdb (Debian 13 with systemd-userdbd): a symlinked 20- drop-in.
-T=$W/userdb; base_tree "$T"
+T=$W/userdb; base_tree "$T"; fake_command "$T" /usr/bin/userdbctl
 mkdir -p "$T/usr/lib/systemd/sshd_config.d"
 printf 'AuthorizedKeysCommand /usr/bin/userdbctl ssh-authorized-keys %%u\nAuthorizedKeysCommandUser root\n' \
     > "$T/usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf"
-# Built in a chroot, the tree has no link yet: systemd-tmpfiles makes it at first boot.
+# Built in a chroot, the tree has no link yet: systemd-tmpfiles makes it at first boot. It counts.
 mkdir -p "$T/usr/lib/tmpfiles.d"
 printf 'L /etc/ssh/sshd_config.d/20-systemd-userdb.conf - - - - /usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf\n' \
     > "$T/usr/lib/tmpfiles.d/20-systemd-userdb.conf"
-before=$(snapshot "$T")
-if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7"; then fail "ignored the userdb link systemd-tmpfiles makes at boot"; fi
-grep -q "at boot systemd-tmpfiles links $T/etc/ssh/sshd_config.d/20-systemd-userdb.conf .*'/usr/bin/userdbctl ssh-authorized-keys %u'" "$W/log7" ||
-    fail "the refusal does not name the boot-time link: $(cat "$W/log7")"
-[ "$before" = "$(snapshot "$T")" ] || fail "a refused install changed the tree"
+"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7" || fail "chaining the boot-time userdb link: $(cat "$W/log7")"
+grep -q "at boot systemd-tmpfiles links $T/etc/ssh/sshd_config.d/20-systemd-userdb.conf .*'/usr/bin/userdbctl ssh-authorized-keys %u'" "$W/log7" &&
+    grep -q "chaining it" "$W/log7" || fail "the boot-time link is not named and chained: $(cat "$W/log7")"
+ln -s /usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf"
+tree_T "$T"; grep -qx "$(ours_with "$USERDB_CHAIN")" "$W/T" || fail "userdbctl not chained by ours: $(grep -i authorizedkeys "$W/T")"
+rm "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
 mkdir -p "$T/etc/tmpfiles.d"; : > "$T/etc/tmpfiles.d/20-systemd-userdb.conf"   # the admin masks it
-"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7" || fail "a tmpfiles entry masked in /etc still counted: $(cat "$W/log7")"
+"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7" || fail "a tmpfiles entry masked in /etc: $(cat "$W/log7")"
+! grep -q "chaining it" "$W/log7" || fail "a tmpfiles entry masked in /etc still counted: $(cat "$W/log7")"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null
 rm -r "$T/etc/tmpfiles.d"
 ln -s /usr/lib/systemd/sshd_config.d/20-systemd-userdb.conf "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf"
-before=$(snapshot "$T")
-if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7"; then fail "displaced userdbctl without --replace-other-command"; fi
+"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7" || fail "chaining userdbctl: $(cat "$W/log7")"
 grep -q "another AuthorizedKeysCommand is in effect: '/usr/bin/userdbctl ssh-authorized-keys %u'" "$W/log7" &&
-    grep -qF "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf:1:" "$W/log7" && grep -q -- "--replace-other-command" "$W/log7" ||
-    fail "the refusal does not name userdbctl, its file and the option: $(cat "$W/log7")"
-[ "$before" = "$(snapshot "$T")" ] || fail "a refused install changed the tree"
+    grep -qF "$T/etc/ssh/sshd_config.d/20-systemd-userdb.conf:1:" "$W/log7" && grep -q "chaining it" "$W/log7" ||
+    fail "install does not name userdbctl, its file and the chaining: $(cat "$W/log7")"
+tree_T "$T"; grep -qx "$(ours_with "$USERDB_CHAIN")" "$W/T" || fail "userdbctl not chained: $(grep -i authorizedkeys "$W/T")"
+"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7" || fail "a re-run (ours in effect) failed: $(cat "$W/log7")"
+tree_T "$T"; grep -qx "$(ours_with "$USERDB_CHAIN")" "$W/T" || fail "a re-run dropped the chained command: $(grep -i authorizedkeys "$W/T")"
 "$INSTALL" --root "$T" --binary "$BIN" --replace-other-command 2>"$W/log7" || fail "--replace-other-command: $(cat "$W/log7")"
-grep -q "stop working" "$W/log7" || fail "no word on what stops working: $(cat "$W/log7")"
-tree_T "$T"; grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys --uid %U -- %u %f %t" "$W/T" ||
-    fail "ours is not in effect beside 20-systemd-userdb.conf: $(grep -i authorizedkeys "$W/T")"
-"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7" || fail "a re-run (ours in effect) was refused: $(cat "$W/log7")"
+tree_T "$T"; grep -qx "$(ours_with)" "$W/T" || fail "--replace-other-command kept the chain: $(grep -i authorizedkeys "$W/T")"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null
 tree_T "$T"; grep -qx "authorizedkeyscommand /usr/bin/userdbctl ssh-authorized-keys %u" "$W/T" || fail "uninstall did not give userdbctl back"
-pass "systemd-userdb's 20- drop-in (and the link tmpfiles makes at boot; masked in /etc: ignored): refused by default naming it; replaced with --replace-other-command (our 10- sorts first); uninstall gives it back"
+pass "systemd-userdb's 20- drop-in (and the link tmpfiles makes at boot; masked in /etc: ignored): chained by default, named; a re-run keeps it; --replace-other-command replaces it; uninstall gives it back"
+
+# A command ours cannot run safely (sshd would not either) is refused, naming why, and nothing is written.
+T=$W/unsafechain; base_tree "$T"; fake_command "$T" /opt/other/bin/keys
+chmod 0777 "$T/opt/other"
+printf 'AuthorizedKeysCommand /opt/other/bin/keys %%u\nAuthorizedKeysCommandUser nobody\n' > "$T/etc/ssh/sshd_config.d/30-other.conf"
+before=$(snapshot "$T")
+if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log7"; then fail "chained a command under a world-writable directory"; fi
+grep -q "cannot chain '/opt/other/bin/keys %u': $T/opt/other is owned by uid 0 with mode 777" "$W/log7" ||
+    fail "the refusal does not say why: $(cat "$W/log7")"
+[ "$before" = "$(snapshot "$T")" ] || fail "a refused install changed the tree"
+pass "another command that sshd's checks would refuse (world-writable directory) is not chained: refused, named, nothing written"
 
 # EC2 Instance Connect's unit override: command-line options beat every file.
-T=$W/eic; base_tree "$T"; unit_tree "$T"; eic_dropin "$T"
-before=$(snapshot "$T")
-if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log8"; then fail "displaced EC2 Instance Connect without --replace-other-command"; fi
-grep -q "eic_run_authorized_keys %u %f" "$W/log8" && grep -q "ssh.service unit.*ec2-instance-connect.conf" "$W/log8" ||
-    fail "the refusal does not name EIC's unit drop-in: $(cat "$W/log8")"
-[ "$before" = "$(snapshot "$T")" ] || fail "a refused install changed the tree"
-"$INSTALL" --root "$T" --binary "$BIN" --replace-other-command 2>"$W/log8" || fail "--replace-other-command over EIC: $(cat "$W/log8")"
+T=$W/eic; base_tree "$T"; unit_tree "$T"; eic_dropin "$T"; fake_command "$T" /usr/share/ec2-instance-connect/eic_run_authorized_keys
+"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log8" || fail "chaining EC2 Instance Connect: $(cat "$W/log8")"
+grep -q "eic_run_authorized_keys %u %f" "$W/log8" && grep -q "ssh.service unit.*ec2-instance-connect.conf" "$W/log8" &&
+    grep -q "chaining it" "$W/log8" || fail "install does not name EIC's unit drop-in and the chaining: $(cat "$W/log8")"
 ov=$T/etc/systemd/system/ssh.service.d/zz-iam-authorized-keys.conf
 [ -f "$ov" ] || fail "no unit drop-in: $(cat "$W/log8")"
 unit_of "$T" > "$W/u"
 grep -qx "execstart-from /etc/systemd/system/ssh.service.d/zz-iam-authorized-keys.conf" "$W/u" &&
     grep -qx 'execstart /usr/sbin/sshd -D $SSHD_OPTS' "$W/u" && ! grep -q "^option" "$W/u" ||
     fail "our unit drop-in is not the effective ExecStart: $(cat "$W/u")"
-tree_T "$T"; grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys --uid %U -- %u %f %t" "$W/T" || fail "ours not in effect"
+tree_T "$T"; grep -qx "$(ours_with "$EIC_CHAIN")" "$W/T" || fail "EIC's program is not chained by ours: $(grep -i authorizedkeys "$W/T")"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null
 [ ! -e "$ov" ] && [ ! -e "$T/etc/systemd/system/ssh.service.d" ] || fail "uninstall left the unit drop-in"
 grep -qxF "$EIC_CMD" <(unit_of "$T") || fail "uninstall did not give EIC its command line back"
-pass "EC2 Instance Connect's unit override: refused by default naming it; replaced by a zz- unit drop-in; uninstall gives it back"
+"$INSTALL" --root "$T" --binary "$BIN" --replace-other-command 2>"$W/log8" || fail "--replace-other-command over EIC: $(cat "$W/log8")"
+tree_T "$T"; grep -qx "$(ours_with)" "$W/T" || fail "ours not in effect alone"
+"$INSTALL" --root "$T" --uninstall 2>/dev/null
+grep -qxF "$EIC_CMD" <(unit_of "$T") || fail "uninstall did not give EIC its command line back"
+pass "EC2 Instance Connect's unit override: a zz- unit drop-in makes ours effective and ours chains EIC's program; --replace-other-command replaces it; uninstall gives it back"
 
 # A unit that runs another config (tests' private sshd, -f) does not count for ours, and vice versa.
 T=$W/eicother; base_tree "$T"; unit_tree "$T"; eic_dropin "$T"
 printf 'UsePAM no\n' > "$T/etc/ssh/private_config"
 "$INSTALL" --root "$T" --binary "$BIN" --sshd-config /etc/ssh/private_config 2>"$W/log9" ||
     fail "the unit's options were applied to another sshd config: $(cat "$W/log9")"
+! grep -q "chaining it" "$W/log9" || fail "chained a command of another config: $(cat "$W/log9")"
 # Amazon Linux 2 style: no Include, EIC's command in sshd_config itself, AuthorizedKeysFile set there.
-T=$W/al2; mkdir -p "$T/etc/ssh"; sandbox_accounts "$T"
+T=$W/al2; mkdir -p "$T/etc/ssh"; sandbox_accounts "$T"; fake_command "$T" /opt/aws/bin/eic_run_authorized_keys
 printf 'AuthorizedKeysFile .ssh/authorized_keys\nAuthorizedKeysCommand /opt/aws/bin/eic_run_authorized_keys %%u %%f\nAuthorizedKeysCommandUser ec2-instance-connect\n' > "$T/etc/ssh/sshd_config"
-if "$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log9"; then fail "AL2: displaced EIC's command without --replace-other-command"; fi
+"$INSTALL" --root "$T" --binary "$BIN" --default-user ec2-user 2>"$W/log9" || fail "AL2: $(cat "$W/log9")"
 grep -qF "$T/etc/ssh/sshd_config:2: AuthorizedKeysCommand /opt/aws/bin/eic_run_authorized_keys" "$W/log9" || fail "AL2: $(cat "$W/log9")"
-"$INSTALL" --root "$T" --binary "$BIN" --replace-other-command --default-user ec2-user 2>"$W/log9" || fail "AL2 --replace-other-command: $(cat "$W/log9")"
 tree_T "$T" -C user=ec2-user,host=x,addr=127.0.0.1
-grep -qx "authorizedkeyscommand /usr/local/bin/iam-authorized-keys --deny-user ec2-user --uid %U -- %u %f %t" "$W/T" &&
+grep -qx "$(ours_with --deny-user ec2-user --chain /opt/aws/bin/eic_run_authorized_keys --chain-arg %u --chain-arg %f)" "$W/T" &&
     grep -qx "authorizedkeysfile .ssh/authorized_keys" "$W/T" || fail "AL2: $(grep -i authorizedkeys "$W/T")"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null
 [ "$(head -1 "$T/etc/ssh/sshd_config")" = "AuthorizedKeysFile .ssh/authorized_keys" ] || fail "AL2: uninstall did not restore sshd_config"
-pass "Amazon Linux 2 layout (no Include, EIC in sshd_config): refused naming the line; replaced with our Include on top; ec2-user keeps its file"
+pass "Amazon Linux 2 layout (no Include, EIC in sshd_config): named and chained, with our Include on top; ec2-user keeps its file"
 
 # A unit that runs another config (-f): installing into the default one would never be read.
 T=$W/otherconf; base_tree "$T"; unit_tree "$T"

@@ -2,8 +2,8 @@
 # `./install.sh --package iam-authorized-keys.tar.gz` and install it. Put these inside your `build` block.
 # Nothing secret or user-specific ends up in the image: the host reads keys from IAM at login.
 # install.sh keeps the AMI's default account (cloud-init's default_user) on its launch key pair, and
-# refuses when another AuthorizedKeysCommand (EC2 Instance Connect on Ubuntu/Amazon Linux AMIs) is in
-# effect: put --replace-other-command into iak_flags to replace it.
+# chains another AuthorizedKeysCommand in effect (EC2 Instance Connect on Ubuntu/Amazon Linux AMIs), so
+# its logins keep working: put --replace-other-command into iak_flags to replace it instead.
 
 variable "iak_tarball" {
   type    = string

@@ -237,16 +237,33 @@ pub fn run(args: &DoctorArgs, own: &Config, _log: &Log) -> Result<(), Error> {
                             "sshd -T -f {} has no AuthorizedKeysCommand: the drop-in is missing or not included",
                             config_path.display()
                         ),
-                        "run ./install.sh (writes sshd_config.d/50-iam-authorized-keys.conf and the Include line)",
+                        "run ./install.sh (writes sshd_config.d/10-iam-authorized-keys.conf and the Include line)",
                     );
                 } else if !ours {
                     r.fail(
                         "drop-in",
                         format!("sshd runs another AuthorizedKeysCommand: {}", sanitize(&cmd)),
-                        "sshd allows one command; the first one read wins: remove the other or put ours first",
+                        "sshd runs one command, the first one read: run ./install.sh, which chains the other one after ours (or --replace-other-command)",
                     );
                 } else {
                     r.ok("drop-in", format!("sshd runs: {}", sanitize(&cmd)));
+                    if let Some(program) = words
+                        .iter()
+                        .position(|w| *w == "--chain")
+                        .and_then(|i| words.get(i + 1))
+                    {
+                        match crate::chain::check_program(Path::new(program)) {
+                            Ok(()) => r.ok(
+                                "chain",
+                                format!("chains {}: it runs beside each lookup", sanitize(program)),
+                            ),
+                            Err(e) => r.fail(
+                                "chain",
+                                format!("the chained command is not run: {}", sanitize(&e)),
+                                "make it and every directory above it root-owned and not group/world-writable, as sshd requires of a command",
+                            ),
+                        }
+                    }
                     if !words.contains(&"%u") {
                         r.fail(
                             "drop-in",
