@@ -18,7 +18,7 @@ TARGET=x86_64-unknown-linux-musl
 BIN=$ROOT/target/$TARGET/release/iam-authorized-keys
 PROXY=$ROOT/target/debug/examples/faultproxy
 VENV=$ROOT/target/moto-venv
-for p in hyperfine time linux-perf; do
+for p in hyperfine time linux-perf valgrind; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$p" >/dev/null
 done
@@ -62,6 +62,16 @@ for r in json.load(open(sys.argv[1]))["results"]:
     print(f"{name:32s} median {statistics.median(t)*1e3:.3f} ms"
           f"  p95 {t[int(len(t)*0.95)]*1e3:.3f} ms  mean {r['mean']*1e3:.3f} ms")
 EOF
+
+# Instructions (user space) of one warm hit: repeatable whatever else the machine does (callgrind counts,
+# it does not time). Without --max-uid the account rule reads UID_MAX from /etc/login.defs; install.sh
+# writes --max-uid into the drop-in, so an installed host does not.
+echo; echo "## warm hit, instructions (valgrind --tool=callgrind, user space)"
+for extra in "" "--max-uid 60000"; do
+    n=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null $IAK $extra -- bench1 2>&1 >/dev/null |
+        sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
+    echo "bench1 ${extra:-(no --max-uid)}: $n instructions"
+done
 
 rss() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -1; }
 echo; echo "## peak RSS (KiB)"
