@@ -99,6 +99,11 @@ pub struct DoctorArgs {
     /// sshd configuration to check [default: /etc/ssh/sshd_config].
     #[arg(long, value_name = "PATH")]
     pub sshd_config: Option<PathBuf>,
+
+    /// Read the sshd systemd unit (its -o options) under this root [default: /, when --sshd-config is
+    /// not given]; for checking an image tree.
+    #[arg(long, value_name = "DIR")]
+    pub unit_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -146,8 +146,21 @@ mv "$E/sshd_config.d/10-iam-authorized-keys.conf" "$E/dropin.away"
 if doctor > "$E/doctor.out" 2>&1; then fail "doctor passed a missing drop-in"; fi
 grep -q "^FAIL drop-in: .*no AuthorizedKeysCommand" "$E/doctor.out" || fail "doctor: $(cat "$E/doctor.out")"
 mv "$E/dropin.away" "$E/sshd_config.d/10-iam-authorized-keys.conf"
+# An sshd unit whose command line carries another command (EC2 Instance Connect's override): its -o
+# options beat every file, so doctor counts them; install.sh's zz- unit drop-in puts ours back.
+U=$E/units; mkdir -p "$U/usr/lib/systemd/system/ssh.service.d"
+printf '[Service]\nExecStart=/usr/sbin/sshd -D $SSHD_OPTS\n' > "$U/usr/lib/systemd/system/ssh.service"
+printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D -o "AuthorizedKeysCommand /usr/bin/true %%%%u" -o "AuthorizedKeysCommandUser nobody" $SSHD_OPTS\n' \
+    > "$U/usr/lib/systemd/system/ssh.service.d/ec2-instance-connect.conf"
+if doctor --unit-root "$U" > "$E/doctor.out" 2>&1; then fail "doctor passed a unit override with another command"; fi
+grep -q "^OK   sshd unit: ssh.service passes -o \"AuthorizedKeysCommand /usr/bin/true %u\"" "$E/doctor.out" &&
+    grep -q "^FAIL drop-in: sshd runs another AuthorizedKeysCommand: /usr/bin/true %u" "$E/doctor.out" ||
+    fail "doctor did not count the unit's -o options: $(cat "$E/doctor.out")"
+mkdir -p "$U/etc/systemd/system/ssh.service.d"
+printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D $SSHD_OPTS\n' > "$U/etc/systemd/system/ssh.service.d/zz-iam-authorized-keys.conf"
+doctor --unit-root "$U" > "$E/doctor.out" 2>&1 || fail "doctor with our unit drop-in: $(cat "$E/doctor.out")"
 doctor > "$E/doctor.out" 2>&1 || fail "doctor after repairs: $(cat "$E/doctor.out")"
-pass "doctor: clean install passes; world-writable dir, wrong cache owner, missing drop-in each named"
+pass "doctor: clean install passes; world-writable dir, wrong cache owner, missing drop-in, another command on the sshd unit's command line each named"
 
 # Access policy through the real sshd: a mapped name, a system account, restrict.
 iam create-user "$MAPPED_IAM"

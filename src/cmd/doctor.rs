@@ -118,10 +118,14 @@ fn find_sshd(given: Option<&Path>) -> Option<PathBuf> {
 fn sshd_effective(
     sshd: &Path,
     config: &Path,
+    unit_options: &[String],
     user: Option<&str>,
 ) -> Result<HashMap<String, String>, String> {
     let mut cmd = Command::new(sshd);
     cmd.arg("-T").arg("-f").arg(config);
+    for o in unit_options {
+        cmd.arg("-o").arg(o);
+    }
     if let Some(u) = user {
         cmd.arg("-C")
             .arg(format!("user={u},host=localhost,addr=127.0.0.1"));
@@ -210,13 +214,36 @@ pub fn run(args: &DoctorArgs, own: &Config, _log: &Log) -> Result<(), Error> {
         .unwrap_or_else(|| PathBuf::from("/etc/ssh/sshd_config"));
     let mut effective: Option<Config> = None;
     let mut command_user: Option<String> = None;
+    // The sshd unit's -o options beat every file; they apply to the config it runs (the default one).
+    let unit = match (&args.unit_root, &args.sshd_config) {
+        (Some(root), _) => crate::cmd::sshd_unit::read(root),
+        (None, None) => crate::cmd::sshd_unit::read(Path::new("/")),
+        (None, Some(_)) => None,
+    };
+    let unit_options: &[String] = unit.as_ref().map(|u| &u.options[..]).unwrap_or(&[]);
+    if let Some(u) = unit.as_ref().filter(|u| !u.options.is_empty()) {
+        r.ok(
+            "sshd unit",
+            format!(
+                "{} passes {} to sshd (ExecStart= in {}); they beat every config file and are part of what sshd -T shows below",
+                u.unit,
+                u.options
+                    .iter()
+                    .map(|o| format!("-o {:?}", sanitize(o)))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                u.exec_from.display()
+            ),
+        );
+    }
     match find_sshd(args.sshd.as_deref()) {
         None => r.warn(
             "sshd",
             "no sshd found in PATH or /usr/sbin",
             "install openssh-server, or pass --sshd PATH",
         ),
-        Some(sshd) => match sshd_effective(&sshd, &config_path, user_name.as_deref()) {
+        Some(sshd) => match sshd_effective(&sshd, &config_path, unit_options, user_name.as_deref())
+        {
             Err(e) => r.fail(
                 "sshd -T",
                 e,

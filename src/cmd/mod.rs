@@ -5,4 +5,5 @@ pub mod cache;
 pub mod docs;
 pub mod doctor;
 pub mod map;
+pub mod sshd_unit;
 pub mod sync_users;
