@@ -222,10 +222,11 @@ unit_file() {
     done
 }
 
-# unit_target PATH: the file name a unit-file symlink finally points to (itself when not a link).
+# unit_target PATH: the path inside the tree a symlink finally points to (PATH itself when not a link),
+# resolved inside the tree.
 unit_target() {
     local p=$1 n=0 t
-    while [ -L "$R$p" ] && [ $n -lt 10 ]; do
+    while [ -L "$R$p" ] && [ $n -lt 20 ]; do
         t=$(readlink "$R$p")
         case $t in /*) p=$t ;; *) p=$(dirname "$p")/$t ;; esac
         n=$((n + 1))
@@ -484,15 +485,7 @@ show_unit() {
 # machine's sshd reads exactly the tree's files. SCRATCH is made by install.sh and removed at exit.
 
 # tree_path PATH: where PATH of the tree really is on this machine (symlinks resolved inside the tree).
-tree_path() {
-    local p=$1 n=0 t
-    while [ -L "$R$p" ] && [ $n -lt 20 ]; do
-        t=$(readlink "$R$p")
-        case $t in /*) p=$t ;; *) p=$(dirname "$p")/$t ;; esac
-        n=$((n + 1))
-    done
-    printf '%s\n' "$R$p"
-}
+tree_path() { printf '%s\n' "$R$(unit_target "$1")"; }
 
 # copy_config PATH OUT: the tree's config file PATH, copied to OUT/PATH with its Includes (recursively)
 # pointing into OUT.

@@ -56,6 +56,20 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Starts a command with stdout and stderr captured.
+trait PipedSpawn {
+    fn piped_spawn(&mut self, what: &str) -> std::process::Child;
+}
+
+impl PipedSpawn for Command {
+    fn piped_spawn(&mut self, what: &str) -> std::process::Child {
+        self.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"))
+    }
+}
+
 /// Sets a record's `fetched_at` back by `secs`.
 fn age_record(path: &Path, secs: u64) {
     let mut rec: serde_json::Value =
@@ -105,11 +119,8 @@ fn finding_1_waiter_does_not_serve_a_revoked_key_when_the_holder_got_an_answer()
     let calls = c.proxy.calls_for(&u);
 
     let held = hold_lock(&c.cache(), &u);
-    let waiter = command(&c.proxy.url(), &c.cache(), &u, &["--ttl", "60", "-v"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let waiter =
+        command(&c.proxy.url(), &c.cache(), &u, &["--ttl", "60", "-v"]).piped_spawn("spawn");
     std::thread::sleep(Duration::from_millis(400));
     drop(held);
     let o = waiter.wait_with_output().expect("wait");
@@ -142,10 +153,7 @@ fn finding_1_waiter_serves_stale_when_the_holder_noted_an_iam_failure() {
         &u,
         &["--ttl", "60", "--timeout", "1500ms"],
     )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn holder");
+    .piped_spawn("spawn holder");
     std::thread::sleep(Duration::from_millis(300));
     let waiter = command(
         &c.proxy.url(),
@@ -153,10 +161,7 @@ fn finding_1_waiter_serves_stale_when_the_holder_noted_an_iam_failure() {
         &u,
         &["--ttl", "60", "--timeout", "5s"],
     )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn waiter");
+    .piped_spawn("spawn waiter");
     let h = holder.wait_with_output().expect("holder");
     let w = waiter.wait_with_output().expect("waiter");
     assert_eq!(served(&h, &u), vec![canonical(&k)], "holder serves stale");
@@ -194,17 +199,9 @@ fn finding_1_full_cache_filesystem_never_serves_a_revoked_key() {
         latency_ms: 700,
         ..Fault::default()
     });
-    let a = run(&["--ttl", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("a");
+    let a = run(&["--ttl", "60"]).piped_spawn("a");
     std::thread::sleep(Duration::from_millis(200));
-    let b = run(&["--ttl", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("b");
+    let b = run(&["--ttl", "60"]).piped_spawn("b");
     for o in [
         a.wait_with_output().expect("a"),
         b.wait_with_output().expect("b"),
