@@ -21,13 +21,20 @@ pub struct Freshness {
     pub max_stale: Duration,
 }
 
+/// The region when none is configured and IMDS did not give one (commercial partition).
+pub const DEFAULT_REGION: &str = "us-east-1";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub freshness: Freshness,
     pub timeout: Duration,
     /// `None`: run without a cache.
     pub cache_dir: Option<PathBuf>,
+    /// The region that signs IAM and STS requests: `--region`, else [`DEFAULT_REGION`] until the cold
+    /// path learns the host's own region from IMDS (see `region_configured`).
     pub region: String,
+    /// `--region` (or the config file) named it: never asked of IMDS.
+    pub region_configured: bool,
     pub endpoint_url: Option<String>,
     pub credentials_file: Option<PathBuf>,
     pub profile: Option<String>,
@@ -345,7 +352,9 @@ impl Config {
             }
             Some(dir)
         };
-        let region = pick(&cli.region, "region").unwrap_or_else(|| "us-east-1".to_string());
+        let configured_region = pick(&cli.region, "region");
+        let region_configured = configured_region.is_some();
+        let region = configured_region.unwrap_or_else(|| DEFAULT_REGION.to_string());
         if region.is_empty()
             || region.len() > 32
             || !region
@@ -468,6 +477,7 @@ impl Config {
             timeout,
             cache_dir,
             region,
+            region_configured,
             endpoint_url,
             credentials_file,
             profile,
@@ -535,6 +545,7 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(5));
         assert_eq!(c.cache_dir.as_deref(), Some(Path::new(DEFAULT_CACHE_DIR)));
         assert_eq!(c.region, "us-east-1");
+        assert!(!c.region_configured);
         assert!(c.endpoint_url.is_none());
     }
 
