@@ -430,10 +430,10 @@ fn classify(
         let why = imds
             .last()
             .and_then(|x| x.result.as_ref().err())
-            .map(|e| short(e))
+            .map(|e| gist(e))
             .unwrap_or_else(|| short(&text));
         return (
-            format!("no credentials: IMDS (169.254.169.254) is unreachable within {timeout} ({} attempt(s): {why}){file_hint}", imds.len()),
+            format!("no credentials: IMDS (169.254.169.254) is unreachable within {timeout} ({} attempt(s), last: {why}){file_hint}", imds.len()),
             format!("{NOT_EC2}; on EC2, enable the metadata endpoint (aws ec2 modify-instance-metadata-options --http-endpoint enabled)"),
         );
     }
@@ -464,6 +464,22 @@ fn classify(
     )
 }
 
+/// A connector error in a few words: what the kernel or the timer said.
+fn gist(e: &str) -> String {
+    let l = e.to_ascii_lowercase();
+    if l.contains("connect timeout") {
+        "connect timed out".into()
+    } else if l.contains("read timeout") {
+        "no reply in time".into()
+    } else if l.contains("connection refused") {
+        "connection refused".into()
+    } else if l.contains("unreachable") {
+        "network unreachable".into()
+    } else {
+        short(e)
+    }
+}
+
 /// Errors from the SDK can quote a whole response; the one-line message keeps the start.
 fn short(s: &str) -> String {
     const MAX: usize = 200;
@@ -471,5 +487,86 @@ fn short(s: &str) -> String {
     match s.char_indices().nth(MAX) {
         Some((i, _)) => format!("{}...", &s[..i]),
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x(method: &str, path: &str, result: Result<u16, &str>) -> Exchange {
+        Exchange {
+            method: method.into(),
+            path: path.into(),
+            result: result.map_err(str::to_string),
+            millis: 1,
+        }
+    }
+
+    const TOKEN: &str = "/latest/api/token";
+    const ROLES: &str = "/latest/meta-data/iam/security-credentials/";
+
+    #[test]
+    fn each_imds_failure_gets_its_own_cause_and_fix() {
+        use clap::Parser;
+        let cfg = crate::config::Config::build(
+            &crate::cli::Cli::try_parse_from(["iak", "alice"])
+                .expect("cli")
+                .opts,
+            &crate::config::Env::default(),
+        )
+        .expect("config");
+        let b = Duration::from_secs(5);
+        let connect = "timeout: client error (Connect): HTTP connect timeout occurred after 1s";
+        let read = "timeout: HTTP read timeout occurred after 2.5s";
+        type Case<'a> = (Vec<Exchange>, Option<CredentialsError>, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                vec![x("PUT", TOKEN, Ok(403))],
+                Some(CredentialsError::provider_error("403")),
+                "IMDSv2 token request",
+                "--http-endpoint enabled",
+            ),
+            (
+                vec![x("PUT", TOKEN, Ok(200)), x("GET", ROLES, Ok(404))],
+                Some(CredentialsError::not_loaded("received 404 from IMDS")),
+                "no instance profile",
+                "associate-iam-instance-profile",
+            ),
+            (
+                vec![
+                    x("PUT", TOKEN, Err(connect)),
+                    x("PUT", TOKEN, Err("io: Connection refused (os error 111)")),
+                ],
+                None,
+                "unreachable",
+                "--credentials-file",
+            ),
+            (
+                vec![x("PUT", TOKEN, Err(read))],
+                None,
+                "never answered the IMDSv2 token request",
+                "hop-limit 2",
+            ),
+            (
+                vec![x("PUT", TOKEN, Ok(200)), x("GET", ROLES, Err(read))],
+                None,
+                "too slow",
+                "raise --timeout",
+            ),
+        ];
+        for (i, (seen, err, cause, fix)) in cases.iter().enumerate() {
+            let (c, f) = classify(&cfg, IMDS_STEP, err.as_ref(), seen, b);
+            assert!(
+                c.contains(cause) && f.contains(fix),
+                "case {i}: {c}; fix: {f}"
+            );
+            assert!(
+                !c.contains('\n') && c.len() < 300,
+                "case {i}: one short line: {c}"
+            );
+        }
+        let (c, _) = classify(&cfg, IMDS_STEP, None, &[x("PUT", TOKEN, Err(connect))], b);
+        assert!(c.contains("last: connect timed out"), "{c}");
     }
 }

@@ -129,6 +129,13 @@ served || fail "slow IMDS: rc=$RC after ${MS} ms: $ERR"
 [ "$MS" -ge 4500 ] || fail "slow IMDS answered in ${MS} ms: the delay did not apply"
 pass "IMDS replies of 1.5 s each with --timeout 8: served in ${MS} ms"
 
+# --- IMDS answers, but too slowly for the deadline: exit 4, "too slow", at the deadline ---------------------
+imds --delay 1.5
+run --no-cache --timeout 4
+[ "$RC" = 4 ] && [[ $ERR == *"too slow"* ]] || fail "too slow: rc=$RC: $ERR"
+[ "$MS" -ge 3700 ] && [ "$MS" -le 6500 ] || fail "too slow: exit after ${MS} ms, want the 4 s deadline"
+pass "IMDS replies of 1.5 s with --timeout 4 (3 replies need 4.5 s): exit 4 at the deadline (${MS} ms), says too slow"
+
 # --- token PUT refused: IMDSv2 named, exit 4, at once ---------------------------------------------------
 imds --mode token403
 run --no-cache --timeout 5
@@ -138,6 +145,21 @@ run --no-cache --timeout 5
 [ "$MS" -lt 3000 ] || fail "token 403 took ${MS} ms (not retryable: should fail at once)"
 [ "$(grep -c . "$W/scopes.log")" = "$iam_before" ] || true
 pass "token PUT refused (403): exit 4 in ${MS} ms: $(echo "$ERR" | tail -n 1)"
+
+# --- doctor: one root cause, one FAIL -------------------------------------------------------------------
+set +e
+nsx env -i PATH=/usr/bin:/bin:/usr/sbin HOME=/nonexistent "$BIN" doctor --endpoint-url "http://127.0.0.1:$RELAY" \
+    --timeout 3 --journal-socket none --syslog-socket none >"$W/doctor" 2>&1
+set -e
+grep -q '^FAIL credentials: .*IMDSv2 token request.*403' "$W/doctor" || fail "doctor: no credentials FAIL naming IMDSv2: $(cat "$W/doctor")"
+! grep -qE '^FAIL (IAM|IAM keys):' "$W/doctor" || fail "doctor: IAM FAILed too for the same cause: $(cat "$W/doctor")"
+pass "doctor with the token refused: one FAIL (credentials, naming IMDSv2), no IAM FAIL"
+
+# --- credentials about to expire (5 s left): still used for this lookup -----------------------------------
+imds --expires-in 5
+run --no-cache --timeout 5
+served || fail "credentials near expiry: rc=$RC: $ERR"
+pass "instance-profile credentials 5 s from expiry: served in ${MS} ms"
 
 # --- no instance profile ----------------------------------------------------------------------------------
 imds --mode norole
