@@ -424,6 +424,17 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
         }
         Ok(Err(Error::Credentials { cause, fix, detail })) => {
             log.debug(&detail);
+            r.ok(
+                "region",
+                if cfg.region_configured {
+                    format!("{} (--region)", cfg.region)
+                } else {
+                    format!(
+                        "from IMDS once instance-profile credentials are found, else {}",
+                        cfg.region
+                    )
+                },
+            );
             r.fail("credentials", cause, fix);
             false
         }
