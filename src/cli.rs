@@ -208,6 +208,15 @@ pub struct Opts {
     #[arg(long, value_name = "URL", global = true)]
     pub endpoint_url: Option<String>,
 
+    /// Forward proxy for IAM and STS requests (http:// or https://, optional user:password@); never used
+    /// for IMDS. Also HTTPS_PROXY/ALL_PROXY when set (manual runs: sshd passes no environment).
+    #[arg(long, value_name = "URL", global = true)]
+    pub proxy: Option<String>,
+
+    /// Hosts that bypass --proxy, comma-separated (also NO_PROXY when set).
+    #[arg(long, value_name = "LIST", global = true)]
+    pub no_proxy: Option<String>,
+
     /// STS endpoint URL for --assume-role (also read from AWS_ENDPOINT_URL_STS when set).
     #[arg(long, value_name = "URL", global = true)]
     pub sts_endpoint_url: Option<String>,

@@ -199,12 +199,13 @@ pub fn valid_region(r: &str) -> bool {
 pub async fn resolve(
     cfg: &Config,
     http: SharedHttpClient,
+    imds_http: SharedHttpClient,
     deadline: Instant,
 ) -> Result<Found, Error> {
     let budget = deadline.saturating_duration_since(Instant::now());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let watched = SharedHttpClient::new(Watched {
-        inner: http.clone(),
+        inner: imds_http,
         seen: seen.clone(),
     });
     let pc = ProviderConfig::without_region()

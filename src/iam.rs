@@ -133,6 +133,44 @@ pub fn http_client_with(
         .build_https()
 }
 
+/// Link-local metadata endpoints (IMDS over IPv4 and IPv6, the ECS credentials endpoint): never proxied.
+const NEVER_PROXIED: &str = "169.254.169.254,fd00:ec2::254,169.254.170.2";
+
+/// The same client, sending every request through `proxy` (CONNECT for HTTPS) except the hosts in its
+/// no-proxy list: the HTTP client's own proxy support (hyper-util's matcher), not hand-written CONNECT.
+pub fn proxied_http_client(
+    tls: aws_smithy_http_client::tls::TlsContext,
+    proxy: &crate::config::Proxy,
+) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, Error> {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    let mut pc =
+        ProxyConfig::all(proxy.url.as_str()).map_err(|e| Error::Config(format!("--proxy: {e}")))?;
+    if let Some((user, password)) = &proxy.basic_auth {
+        pc = pc.with_basic_auth(user, password);
+    }
+    let bypass = match &proxy.no_proxy {
+        Some(list) if !list.is_empty() => format!("{list},{NEVER_PROXIED}"),
+        _ => NEVER_PROXIED.to_string(),
+    };
+    let pc = pc.no_proxy(bypass);
+    Ok(
+        aws_smithy_http_client::Builder::new().build_with_connector_fn(
+            move |settings, components| {
+                let mut b = aws_smithy_http_client::Connector::builder();
+                b.set_connector_settings(settings.cloned());
+                if let Some(c) = components {
+                    b.set_sleep_impl(c.sleep_impl());
+                }
+                b.tls_provider(Provider::Rustls(CryptoMode::Ring))
+                    .tls_context(tls.clone())
+                    .proxy_config(pc.clone())
+                    .build()
+            },
+        ),
+    )
+}
+
 /// What [`connect`] built: the IAM client, and where its credentials and region came from.
 pub struct Connected {
     pub client: Client,
@@ -162,8 +200,14 @@ async fn sdk_config(
     Error,
 > {
     let deadline = Instant::now() + budget;
-    let http = http_client_with(trust_roots(cfg)?);
-    let found = credentials::resolve(cfg, http.clone(), deadline).await?;
+    let tls = trust_roots(cfg)?;
+    // IMDS is link-local: never through the proxy, whatever its no-proxy list says.
+    let imds_http = http_client_with(tls.clone());
+    let http = match &cfg.proxy {
+        Some(p) => proxied_http_client(tls, p)?,
+        None => imds_http.clone(),
+    };
+    let found = credentials::resolve(cfg, http.clone(), imds_http, deadline).await?;
     let left = deadline.saturating_duration_since(Instant::now());
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(left.min(Duration::from_secs(1)))

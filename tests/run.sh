@@ -69,6 +69,9 @@ step "IMDS in a private network namespace (fake IMDSv2, moto, the binary as sshd
 cargo build --locked
 tests/imds_test.sh "$ROOT/target/debug/iam-authorized-keys" "$VENV/bin/python"
 
+step "proxy: IAM only through a CONNECT proxy on loopback"
+tests/proxy_test.sh "$ROOT/target/debug/iam-authorized-keys" "$VENV/bin/python"
+
 step "static release binary"
 cargo build --locked --release --target "$TARGET"
 cargo build --locked --example faultproxy

@@ -182,14 +182,7 @@ fn config_from_command(words: &[&str], user: &str, uid: Option<u32>) -> Result<C
         argv.push(w);
     }
     let cli = Cli::try_parse_from(&argv).map_err(|e| e.to_string().trim().to_string())?;
-    Config::build(
-        &cli.opts,
-        &Env {
-            iam_endpoint: None,
-            sts_endpoint: None,
-        },
-    )
-    .map_err(|e| e.to_string())
+    Config::build(&cli.opts, &Env::default()).map_err(|e| e.to_string())
 }
 
 pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
@@ -357,6 +350,45 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
                 aws_env.join(", ")
             ),
             "put what is needed in the command line or the --config file (e.g. --credentials-file)",
+        );
+    }
+    let proxy_env: Vec<&str> = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ]
+    .into_iter()
+    .filter(|k| std::env::var_os(k).is_some())
+    .collect();
+    if !proxy_env.is_empty() {
+        r.warn(
+            "proxy",
+            format!(
+                "this shell sets {}; sshd passes no environment, so lookups will not use them",
+                proxy_env.join(", ")
+            ),
+            "put --proxy URL (and --no-proxy LIST) in the command line or the --config file",
+        );
+    }
+    if let Some(p) = cfg.proxy.as_ref().filter(|p| !p.from_env) {
+        r.ok(
+            "proxy",
+            format!(
+                "IAM and STS through {}{}{}; never IMDS",
+                p.url,
+                if p.basic_auth.is_some() {
+                    " (with a user and password)"
+                } else {
+                    ""
+                },
+                p.no_proxy
+                    .as_deref()
+                    .map(|n| format!("; not for {n}"))
+                    .unwrap_or_default()
+            ),
         );
     }
     let budget = cfg.timeout.max(Duration::from_secs(5));
