@@ -199,7 +199,10 @@ async fn sdk_config(
     ),
     Error,
 > {
-    let deadline = Instant::now() + budget;
+    // End a little before the caller's hard deadline (`with_runtime`), so that a stage that runs out of
+    // time reports what it was waiting for instead of losing the race to the generic deadline error.
+    let margin = (budget / 50).clamp(Duration::from_millis(20), Duration::from_millis(100));
+    let deadline = Instant::now() + budget.saturating_sub(margin);
     let tls = trust_roots(cfg)?;
     // IMDS is link-local: never through the proxy, whatever its no-proxy list says.
     let imds_http = http_client_with(tls.clone());

@@ -122,6 +122,13 @@ served || fail "--region: rc=$RC err=$ERR"
 [ "$(count placement/region)" = 0 ] || fail "--region given, IMDS still asked: $(cat "$W/imds.log")"
 pass "--region us-west-2 wins over IMDS (3 IMDS requests, no placement/region)"
 
+# --- --proxy never applies to IMDS (the proxy here is a closed port: anything sent there fails) ---------
+imds
+run --no-cache --timeout 5 --proxy http://127.0.0.1:9 --no-proxy 127.0.0.1
+served || fail "--proxy with IMDS: rc=$RC: $ERR"
+[ "$(count 'PUT /latest/api/token 200')" = 1 ] || fail "--proxy: IMDS not asked directly: $(cat "$W/imds.log")"
+pass "--proxy set (to a closed port): IMDS still asked directly, served"
+
 # --- slow IMDS: 1.5 s per reply, --timeout 8 ---------------------------------------------------------
 imds --delay 1.5
 run --no-cache --timeout 8
