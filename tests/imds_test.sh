@@ -114,6 +114,24 @@ served || fail "warm: rc=$RC err=$ERR"
 [ "$(wc -l <"$W/scopes.log")" = "$iam_before" ] || fail "warm hit asked IAM"
 pass "warm hit: 0 IMDS and 0 IAM requests (${MS} ms)"
 
+# --- 20 concurrent cold lookups of one user: single flight, one set of IMDS requests ---------------------
+rm -f "$W/cache"/*
+imds --region eu-west-3
+iam_before=$(wc -l <"$W/scopes.log")
+for i in $(seq 1 20); do
+    nsx env -i PATH=/usr/bin:/bin HOME=/nonexistent "$BIN" --uid 5000 --endpoint-url "http://127.0.0.1:$RELAY" \
+        --journal-socket none --syslog-socket none --cache-dir "$W/cache" --timeout 10 -- "$U" >"$W/c$i.out" 2>&1 &
+    cpids[$i]=$!
+done
+for i in $(seq 1 20); do
+    wait "${cpids[$i]}" || fail "concurrent lookup $i failed: $(cat "$W/c$i.out")"
+    [ "$(awk '{print $1" "$2}' "$W/c$i.out")" = "$want" ] || fail "concurrent lookup $i: $(cat "$W/c$i.out")"
+done
+n=$(wc -l <"$W/imds.log")
+calls=$(( $(wc -l <"$W/scopes.log") - iam_before ))
+[ "$n" = 4 ] || fail "20 concurrent cold lookups made $n IMDS requests, want 4: $(cat "$W/imds.log")"
+pass "20 concurrent cold lookups: all served, $n IMDS requests and $calls IAM request(s) in all"
+
 # --- --region wins; IMDS is not asked for it ---------------------------------------------------------
 imds --region eu-west-3
 run --no-cache --region us-west-2
