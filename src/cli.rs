@@ -200,7 +200,8 @@ pub struct Opts {
     #[arg(long, global = true)]
     pub no_cache: bool,
 
-    /// AWS region used to sign IAM requests (IAM is global; default us-east-1).
+    /// AWS region used to sign IAM requests; sets the partition (default: the instance's, from IMDS,
+    /// when credentials come from the instance profile; else us-east-1).
     #[arg(long, value_name = "REGION", global = true)]
     pub region: Option<String>,
 

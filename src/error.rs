@@ -65,7 +65,8 @@ impl Error {
     }
 
     /// Exit codes: 0 served (possibly zero keys); 2 bad invocation or user name; 3 bad configuration;
-    /// 4 IAM (or the credentials to ask it) could not answer and no cached answer was young enough (fail closed); 1 anything else.
+    /// 4 IAM (or the credentials to ask it) could not answer and no cached answer was young enough
+    /// (fail closed); 1 anything else.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             Error::InvalidUser { .. } | Error::NonUtf8User => 2,
