@@ -81,6 +81,7 @@ Lookup flags written into the drop-in's AuthorizedKeysCommand line (see iam-auth
   --credentials-file PATH  --profile NAME  --config PATH  --allowed-group G (repeatable)
   --name-case fold|preserve  --min-uid N  --allow-user U  --deny-user U (repeatable)
   --assume-role ARN  --external-id ID  --sts-endpoint-url URL  --key-options LIST  --key-expiry
+  --proxy URL  --no-proxy LIST   (a proxy password belongs in the --config file: the command line is visible)
   (Options with quotes, like from="...", belong in the --config file: sshd_config cannot carry them.)
 
 Nothing user-specific is installed: no keys, no cache records, no credentials.
@@ -135,7 +136,7 @@ while [ $# -gt 0 ]; do
         --key-expiry) FLAGS+=("$1") ;;
         --ttl|--negative-ttl|--max-stale|--timeout|--region|--endpoint-url|--credentials-file|--profile|--config|\
         --allowed-group|--name-case|--min-uid|--max-uid|--allow-user|--deny-user|--assume-role|--external-id|\
-        --sts-endpoint-url|--key-options)
+        --sts-endpoint-url|--key-options|--proxy|--no-proxy)
             [ $# -ge 2 ] || die "$1 needs a value"
             safe_value "$1" "$2"
             FLAGS+=("$1" "$2"); shift ;;

@@ -15,6 +15,12 @@ fn env() -> Env {
     Env {
         iam_endpoint: std::env::var("AWS_ENDPOINT_URL_IAM").ok(),
         sts_endpoint: std::env::var("AWS_ENDPOINT_URL_STS").ok(),
+        https_proxy: ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())),
+        no_proxy: ["NO_PROXY", "no_proxy"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok()),
     }
 }
 

@@ -205,13 +205,23 @@ pub struct Opts {
     #[arg(long, global = true)]
     pub no_cache: bool,
 
-    /// AWS region used to sign IAM requests (IAM is global; default us-east-1).
+    /// AWS region used to sign IAM requests; sets the partition (default: the instance's, from IMDS,
+    /// when credentials come from the instance profile; else us-east-1).
     #[arg(long, value_name = "REGION", global = true)]
     pub region: Option<String>,
 
     /// IAM endpoint URL (also read from AWS_ENDPOINT_URL_IAM when set).
     #[arg(long, value_name = "URL", global = true)]
     pub endpoint_url: Option<String>,
+
+    /// Forward proxy for IAM and STS requests (http:// or https://, optional user:password@); never used
+    /// for IMDS. Also HTTPS_PROXY/ALL_PROXY when set (manual runs: sshd passes no environment).
+    #[arg(long, value_name = "URL", global = true)]
+    pub proxy: Option<String>,
+
+    /// Hosts that bypass --proxy, comma-separated (also NO_PROXY when set).
+    #[arg(long, value_name = "LIST", global = true)]
+    pub no_proxy: Option<String>,
 
     /// STS endpoint URL for --assume-role (also read from AWS_ENDPOINT_URL_STS when set).
     #[arg(long, value_name = "URL", global = true)]

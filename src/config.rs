@@ -21,19 +21,27 @@ pub struct Freshness {
     pub max_stale: Duration,
 }
 
+/// The region when none is configured and IMDS did not give one (commercial partition).
+pub const DEFAULT_REGION: &str = "us-east-1";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub freshness: Freshness,
     pub timeout: Duration,
     /// `None`: run without a cache.
     pub cache_dir: Option<PathBuf>,
+    /// The region that signs IAM and STS requests: `--region`, else [`DEFAULT_REGION`] until the cold
+    /// path learns the host's own region from IMDS (see `region_configured`).
     pub region: String,
+    /// `--region` (or the config file) named it: never asked of IMDS.
+    pub region_configured: bool,
     pub endpoint_url: Option<String>,
     pub credentials_file: Option<PathBuf>,
     pub profile: Option<String>,
     /// TLS trust roots; `None`: the first well-known system bundle that exists.
     pub ca_bundle: Option<PathBuf>,
     pub sts_endpoint_url: Option<String>,
+    pub proxy: Option<Proxy>,
     /// Cross-account: the role to assume, and the external id its trust policy wants.
     pub assume_role: Option<AssumeRole>,
     pub name_case: NameCase,
@@ -63,6 +71,23 @@ pub struct Env {
     pub iam_endpoint: Option<String>,
     /// AWS_ENDPOINT_URL_STS
     pub sts_endpoint: Option<String>,
+    /// HTTPS_PROXY, https_proxy, ALL_PROXY or all_proxy (manual runs; sshd passes none)
+    pub https_proxy: Option<String>,
+    /// NO_PROXY or no_proxy
+    pub no_proxy: Option<String>,
+}
+
+/// The forward proxy for IAM and STS (never IMDS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// `http://host:port` or `https://host:port`, without credentials.
+    pub url: String,
+    /// From `user:password@` in the URL.
+    pub basic_auth: Option<(String, String)>,
+    /// Comma-separated hosts that bypass it.
+    pub no_proxy: Option<String>,
+    /// Where it came from: `--proxy` or the environment.
+    pub from_env: bool,
 }
 
 /// `300`, `300s`, `500ms`, `5m`, `1h`, `1d`.
@@ -131,6 +156,8 @@ const FILE_KEYS: &[&str] = &[
     "profile",
     "ca-bundle",
     "sts-endpoint-url",
+    "proxy",
+    "no-proxy",
     "assume-role",
     "external-id",
     "allowed-group",
@@ -211,6 +238,35 @@ fn check_endpoint(url: &str) -> Result<String, Error> {
             crate::username::sanitize(url)
         )))
     }
+}
+
+/// `http[s]://[user:password@]host[:port][/]`: the credentials are taken out of the URL.
+fn check_proxy(url: &str) -> Result<(String, Option<(String, String)>), Error> {
+    let bad = || {
+        Error::Config(format!(
+            "proxy URL {:?} must be http:// or https:// followed by [user:password@]host[:port]",
+            crate::username::sanitize(url)
+        ))
+    };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    if scheme != "http" && scheme != "https" {
+        return Err(bad());
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((a, h)) => {
+            let (u, p) = a.split_once(':').ok_or_else(bad)?;
+            (Some((u.to_string(), p.to_string())), h)
+        }
+        None => (None, rest),
+    };
+    if host.is_empty() || host.contains(['/', '?', '#', '@']) {
+        return Err(bad());
+    }
+    Ok((format!("{scheme}://{host}"), auth))
 }
 
 fn check_role_arn(arn: &str) -> Result<String, Error> {
@@ -345,7 +401,9 @@ impl Config {
             }
             Some(dir)
         };
-        let region = pick(&cli.region, "region").unwrap_or_else(|| "us-east-1".to_string());
+        let configured_region = pick(&cli.region, "region");
+        let region_configured = configured_region.is_some();
+        let region = configured_region.unwrap_or_else(|| DEFAULT_REGION.to_string());
         if region.is_empty()
             || region.len() > 32
             || !region
@@ -367,6 +425,32 @@ impl Config {
         let endpoint_url = endpoint(&cli.endpoint_url, "endpoint-url", &env.iam_endpoint)?;
         let sts_endpoint_url =
             endpoint(&cli.sts_endpoint_url, "sts-endpoint-url", &env.sts_endpoint)?;
+        let no_proxy = pick(&cli.no_proxy, "no-proxy").or_else(|| env.no_proxy.clone());
+        if no_proxy
+            .as_deref()
+            .is_some_and(|n| n.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(Error::Config(
+                "--no-proxy is a comma-separated list of hosts without spaces".into(),
+            ));
+        }
+        let proxy = match pick(&cli.proxy, "proxy") {
+            Some(u) => Some((u, false)),
+            None => env
+                .https_proxy
+                .clone()
+                .filter(|u| !u.is_empty())
+                .map(|u| (u, true)),
+        }
+        .map(|(u, from_env)| {
+            check_proxy(&u).map(|(url, basic_auth)| Proxy {
+                url,
+                basic_auth,
+                no_proxy: no_proxy.clone(),
+                from_env,
+            })
+        })
+        .transpose()?;
         let list = |flag: &Vec<String>, key: &str| -> Vec<String> {
             if flag.is_empty() {
                 file.get_all(key)
@@ -468,11 +552,13 @@ impl Config {
             timeout,
             cache_dir,
             region,
+            region_configured,
             endpoint_url,
             credentials_file,
             profile,
             ca_bundle,
             sts_endpoint_url,
+            proxy,
             assume_role,
             name_case,
             accounts,
@@ -501,7 +587,7 @@ mod tests {
     fn env(iam: Option<&str>) -> Env {
         Env {
             iam_endpoint: iam.map(str::to_string),
-            sts_endpoint: None,
+            ..Env::default()
         }
     }
 
@@ -527,6 +613,45 @@ mod tests {
     }
 
     #[test]
+    fn proxy_urls() {
+        assert_eq!(
+            check_proxy("http://proxy.internal:3128/").expect("plain"),
+            ("http://proxy.internal:3128".to_string(), None)
+        );
+        assert_eq!(
+            check_proxy("https://u:p@w@proxy:8443").expect("auth"),
+            (
+                "https://proxy:8443".to_string(),
+                Some(("u".to_string(), "p@w".to_string()))
+            )
+        );
+        for bad in [
+            "proxy:3128",
+            "socks5://proxy:1080",
+            "http://",
+            "http://u@proxy",
+            "http://proxy/path",
+            "http://pro xy",
+        ] {
+            assert!(check_proxy(bad).is_err(), "{bad}");
+        }
+        let c = Config::build(
+            &cli(&["--no-proxy", "a.internal,b", "alice"]),
+            &Env {
+                https_proxy: Some("http://p:1".into()),
+                ..Env::default()
+            },
+        )
+        .expect("config");
+        let p = c.proxy.expect("from the environment");
+        assert!(p.from_env);
+        assert_eq!(p.no_proxy.as_deref(), Some("a.internal,b"));
+        let c =
+            Config::build(&cli(&["--proxy", "http://q:2", "alice"]), &env(None)).expect("config");
+        assert!(!c.proxy.expect("flag").from_env);
+    }
+
+    #[test]
     fn defaults() {
         let c = Config::build(&cli(&["alice"]), &env(None)).expect("config");
         assert_eq!(c.freshness.ttl, Duration::from_secs(300));
@@ -535,6 +660,7 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(5));
         assert_eq!(c.cache_dir.as_deref(), Some(Path::new(DEFAULT_CACHE_DIR)));
         assert_eq!(c.region, "us-east-1");
+        assert!(!c.region_configured);
         assert!(c.endpoint_url.is_none());
     }
 

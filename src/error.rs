@@ -29,6 +29,15 @@ pub enum Error {
     #[error("IAM lookup failed: {0}")]
     Iam(String),
 
+    /// The host's own AWS credentials could not be found; IAM was not asked. `detail` is the whole story
+    /// (each step of the chain, each IMDS request) for `-vv`.
+    #[error("{cause}; fix: {fix}")]
+    Credentials {
+        cause: String,
+        fix: String,
+        detail: String,
+    },
+
     #[error("deadline of {0} ms reached before IAM answered")]
     Deadline(u128),
 
@@ -56,12 +65,13 @@ impl Error {
     }
 
     /// Exit codes: 0 served (possibly zero keys); 2 bad invocation or user name; 3 bad configuration;
-    /// 4 IAM could not answer and no cached answer was young enough (fail closed); 1 anything else.
+    /// 4 IAM (or the credentials to ask it) could not answer and no cached answer was young enough
+    /// (fail closed); 1 anything else.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             Error::InvalidUser { .. } | Error::NonUtf8User => 2,
             Error::Config(_) | Error::ConfigFile { .. } => 3,
-            Error::Iam(_) | Error::Deadline(_) => 4,
+            Error::Iam(_) | Error::Credentials { .. } | Error::Deadline(_) => 4,
             Error::Io { .. }
             | Error::Unsafe { .. }
             | Error::Stdout(_)

@@ -31,6 +31,8 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("region", Kind::Text(|o| &mut o.region)),
     ("endpoint-url", Kind::Text(|o| &mut o.endpoint_url)),
     ("sts-endpoint-url", Kind::Text(|o| &mut o.sts_endpoint_url)),
+    ("proxy", Kind::Text(|o| &mut o.proxy)),
+    ("no-proxy", Kind::Text(|o| &mut o.no_proxy)),
     ("credentials-file", Kind::Path(|o| &mut o.credentials_file)),
     ("profile", Kind::Text(|o| &mut o.profile)),
     ("assume-role", Kind::Text(|o| &mut o.assume_role)),

@@ -3,17 +3,19 @@
 //! hold in parallel.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
+use aws_credential_types::Credentials;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_iam::types::{EncodingType, StatusType};
 use aws_sdk_iam::Client;
 
 use crate::cache::{Outcome, ServedKey};
 use crate::config::Config;
+use crate::credentials;
 use crate::error::Error;
 use crate::keys;
 use crate::username::IamUser;
@@ -128,26 +130,93 @@ pub fn http_client_with(
         .build_https()
 }
 
-/// Loads the SDK configuration from our own settings, and the role provider when --assume-role is set.
-/// Credentials come from aws-config's default chain (environment, profile files, web identity, ECS,
-/// IMDSv2), or from the profile file named in our config, since sshd passes no environment.
+/// Link-local metadata endpoints (IMDS over IPv4 and IPv6, the ECS credentials endpoint): never proxied.
+const NEVER_PROXIED: &str = "169.254.169.254,fd00:ec2::254,169.254.170.2";
+
+/// The same client, sending every request through `proxy` (CONNECT for HTTPS) except the hosts in its
+/// no-proxy list: the HTTP client's own proxy support (hyper-util's matcher), not hand-written CONNECT.
+pub fn proxied_http_client(
+    tls: aws_smithy_http_client::tls::TlsContext,
+    proxy: &crate::config::Proxy,
+) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, Error> {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    let mut pc =
+        ProxyConfig::all(proxy.url.as_str()).map_err(|e| Error::Config(format!("--proxy: {e}")))?;
+    if let Some((user, password)) = &proxy.basic_auth {
+        pc = pc.with_basic_auth(user, password);
+    }
+    let bypass = match &proxy.no_proxy {
+        Some(list) if !list.is_empty() => format!("{list},{NEVER_PROXIED}"),
+        _ => NEVER_PROXIED.to_string(),
+    };
+    let pc = pc.no_proxy(bypass);
+    Ok(
+        aws_smithy_http_client::Builder::new().build_with_connector_fn(
+            move |settings, components| {
+                let mut b = aws_smithy_http_client::Connector::builder();
+                b.set_connector_settings(settings.cloned());
+                if let Some(c) = components {
+                    b.set_sleep_impl(c.sleep_impl());
+                }
+                b.tls_provider(Provider::Rustls(CryptoMode::Ring))
+                    .tls_context(tls.clone())
+                    .proxy_config(pc.clone())
+                    .build()
+            },
+        ),
+    )
+}
+
+/// What [`connect`] built: the IAM client, and where its credentials and region came from.
+pub struct Connected {
+    pub client: Client,
+    /// The chain step that gave the host's credentials (`Ec2InstanceMetadata`, `Profile`, ...).
+    pub step: &'static str,
+    /// What the credentials are, never the secret: `temporary access key ASIA...`.
+    pub kind: String,
+    pub region: String,
+    pub region_source: &'static str,
+    /// Each step on the way, for `-vv`.
+    pub trace: Vec<String>,
+}
+
+/// Loads the SDK configuration from our own settings (never from sshd's environment): the host's
+/// credentials and region are resolved first, under the deadline ([`credentials::resolve`]), so a
+/// credentials failure is reported as one, and IAM is reported unreachable only when a request to IAM
+/// failed. With --assume-role the host's credentials sign AssumeRole, here too, before any IAM call.
 async fn sdk_config(
     cfg: &Config,
     budget: Duration,
 ) -> Result<
     (
         aws_config::SdkConfig,
-        Option<aws_credential_types::provider::SharedCredentialsProvider>,
+        credentials::Found,
+        Option<Credentials>,
     ),
     Error,
 > {
+    // End a little before the caller's hard deadline (`with_runtime`), so that a stage that runs out of
+    // time reports what it was waiting for instead of losing the race to the generic deadline error.
+    let margin = (budget / 50).clamp(Duration::from_millis(20), Duration::from_millis(100));
+    let deadline = Instant::now() + budget.saturating_sub(margin);
+    let tls = trust_roots(cfg)?;
+    // IMDS is link-local: never through the proxy, whatever its no-proxy list says.
+    let imds_http = http_client_with(tls.clone());
+    let http = match &cfg.proxy {
+        Some(p) => proxied_http_client(tls, p)?,
+        None => imds_http.clone(),
+    };
+    let found = credentials::resolve(cfg, http.clone(), imds_http, deadline).await?;
+    let left = deadline.saturating_duration_since(Instant::now());
     let timeouts = TimeoutConfig::builder()
-        .connect_timeout(budget.min(Duration::from_secs(1)))
-        .operation_timeout(budget)
+        .connect_timeout(left.min(Duration::from_secs(1)))
+        .operation_timeout(left)
         .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http_client_with(trust_roots(cfg)?))
-        .region(aws_config::Region::new(cfg.region.clone()))
+        .http_client(http)
+        .region(aws_config::Region::new(found.region.clone()))
+        .credentials_provider(found.credentials.clone())
         .timeout_config(timeouts)
         .retry_config(
             RetryConfig::standard()
@@ -170,6 +239,7 @@ async fn sdk_config(
     let shared = loader.load().await;
     let mut role = None;
     if let Some(r) = &cfg.assume_role {
+        use aws_credential_types::provider::ProvideCredentials;
         // The host's own credentials sign AssumeRole; the role's credentials live in this process only.
         let mut sts = shared.to_builder();
         if let Some(url) = &cfg.sts_endpoint_url {
@@ -181,11 +251,21 @@ async fn sdk_config(
         if let Some(id) = &r.external_id {
             provider = provider.external_id(id);
         }
-        role = Some(
-            aws_credential_types::provider::SharedCredentialsProvider::new(provider.build().await),
-        );
+        let provider = provider.build().await;
+        role = Some(provider.provide_credentials().await.map_err(|e| {
+            let text = credentials::chain_text(&e);
+            Error::Credentials {
+                cause: format!(
+                    "could not assume role {}: {}",
+                    r.arn,
+                    crate::username::sanitize(&text)
+                ),
+                fix: "allow sts:AssumeRole on it to the host's role (examples/iam/host-assume-role.json) and check its trust policy (examples/iam/reader-trust-policy.json)".into(),
+                detail: format!("{}\nAssumeRole: {text}", found.trace.join("\n")),
+            }
+        })?);
     }
-    Ok((shared, role))
+    Ok((shared, found, role))
 }
 
 /// Largest IAM response body we read. The largest real answer (5 keys of at most 16 KiB each, one page
@@ -236,7 +316,12 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for BoundedResponse
 
 /// Builds the IAM client (see [`sdk_config`]).
 pub async fn client(cfg: &Config, budget: Duration) -> Result<Client, Error> {
-    let (shared, role) = sdk_config(cfg, budget).await?;
+    Ok(connect(cfg, budget).await?.client)
+}
+
+/// Builds the IAM client, and says where its credentials and region came from.
+pub async fn connect(cfg: &Config, budget: Duration) -> Result<Connected, Error> {
+    let (shared, found, role) = sdk_config(cfg, budget).await?;
     let mut builder = aws_sdk_iam::config::Builder::from(&shared).interceptor(BoundedResponses);
     if let Some(p) = role {
         builder = builder.credentials_provider(p);
@@ -244,42 +329,20 @@ pub async fn client(cfg: &Config, budget: Duration) -> Result<Client, Error> {
     if let Some(url) = &cfg.endpoint_url {
         builder = builder.endpoint_url(url);
     }
-    Ok(Client::from_conf(builder.build()))
-}
-
-/// For `doctor`: which provider in the chain gave credentials and what kind they are (never the secret).
-pub async fn describe_credentials(cfg: &Config, budget: Duration) -> Result<String, String> {
-    use aws_credential_types::provider::ProvideCredentials;
-    let (shared, role) = sdk_config(cfg, budget).await.map_err(|e| e.to_string())?;
-    let provider = role
-        .or_else(|| shared.credentials_provider())
-        .ok_or("no credentials provider is configured")?;
-    let creds = provider.provide_credentials().await.map_err(|e| {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg = format!("{msg}: {s}");
-            src = s.source();
-        }
-        msg
-    })?;
-    // The provider name is only exposed through Debug.
-    let debug = format!("{creds:?}");
-    let name = debug
-        .split("provider_name: \"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or("unknown");
-    let id = creds.access_key_id();
+    let id = found.credentials.access_key_id();
     let kind = match id.get(..4) {
         Some("ASIA") => "temporary",
         Some("AKIA") => "long-term",
         _ => "unrecognised",
     };
-    Ok(format!(
-        "from {name}: {kind} access key {}...",
-        id.get(..4).unwrap_or(id)
-    ))
+    Ok(Connected {
+        client: Client::from_conf(builder.build()),
+        step: found.step,
+        kind: format!("{kind} access key {}...", id.get(..4).unwrap_or(id)),
+        region: found.region,
+        region_source: found.region_source,
+        trace: found.trace,
+    })
 }
 
 /// For `doctor`: IAM answers a list call for a user that does not exist (NoSuchEntity proves reachability

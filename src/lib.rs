@@ -5,6 +5,7 @@
 //! - `app`: dispatch; `lookup`: the decision; `audit`: the audit event of a lookup
 //! - `cmd`: the admin commands (doctor, cache, sync-users, map, docs)
 //! - `cli` (clap definitions), `fastargs` (choosing the parser), `config` (checked options)
+//! - `credentials`: the host's AWS credentials and region (chain, IMDS under the deadline)
 //! - `username`, `policy`, `keys`, `keyopts`, `iam`, `cache`, `fsutil`, `output`, `log`, `error`
 //! - `chain`: the AuthorizedKeysCommand that was in effect before ours, run beside our lookup
 //!
@@ -18,6 +19,7 @@ pub mod chain;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod fastargs;
 pub mod fsutil;

@@ -352,7 +352,7 @@ pub fn lookup(
         .as_ref()
         .map(|l| l.keys.iter().map(|k| (k.id.clone(), k.clone())).collect())
         .unwrap_or_default();
-    match ask_iam(cfg, login, &known, deadline) {
+    match ask_iam(cfg, login, &known, deadline, log) {
         Ok(mut fetched) => {
             if let Some(why) = exact_name_rule(cfg.name_case, user, &mut fetched) {
                 log.warn_limited("name-case", user.as_str(), &why);
@@ -451,15 +451,24 @@ fn ask_iam(
     login: &LoginName,
     known: &HashMap<String, ServedKey>,
     deadline: Instant,
+    log: &Log,
 ) -> Result<iam::Fetched, Error> {
     let budget = deadline.saturating_duration_since(Instant::now());
     if budget < MIN_IAM_BUDGET {
         return Err(Error::Deadline(cfg.timeout.as_millis()));
     }
-    with_runtime(cfg, budget, async {
-        let client = iam::client(cfg, budget).await?;
-        iam::fetch(&client, login.iam_user(), known, &cfg.allowed_groups).await
-    })
+    let result = with_runtime(cfg, budget, async {
+        let c = iam::connect(cfg, budget).await?;
+        for line in &c.trace {
+            log.debug(line);
+        }
+        iam::fetch(&c.client, login.iam_user(), known, &cfg.allowed_groups).await
+    });
+    // The one-line message names the cause; the whole story (each chain step, each IMDS request) is -vv.
+    if let Err(Error::Credentials { detail, .. }) = &result {
+        log.debug(detail);
+    }
+    result
 }
 
 /// Runs `work` on a one-thread runtime under a hard deadline of `budget` (the cold path only).

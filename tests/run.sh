@@ -4,6 +4,8 @@
 #   lint:        cargo fmt --check, cargo clippy --all-targets -D warnings
 #   unit:        cargo test --lib (pure logic, aws-smithy-mocks for SDK error shapes), tests/layout.rs (import direction)
 #   integration: the real binary against moto through a fault-injecting proxy (cargo test --test moto --test access --test ops)
+#   imds:        credentials and region from a fake IMDSv2 in a network namespace of its own (tests/imds_test.sh)
+#   proxy:       IAM only through a CONNECT proxy on loopback (tests/proxy_test.sh)
 #   static:      the musl static-pie release binary, run inside an empty chroot against moto
 #   install:     install.sh into sandbox trees (tests/install_test.sh)
 #   images:      install.sh into real Debian 12 and 13 trees (debootstrap, cached under target/images),
@@ -25,7 +27,7 @@ step() { echo; echo "=== $* ==="; }
 step "prerequisites"
 [ "$(id -u)" = 0 ] || fail "tests/run.sh needs root (apt packages, local users, a private sshd)"
 need_pkgs=()
-for p in openssh-server openssh-client musl-tools python3-venv file openssl curl systemd sudo debootstrap; do
+for p in openssh-server openssh-client musl-tools python3-venv file openssl curl systemd sudo debootstrap iproute2; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -65,6 +67,13 @@ export IAK_MOTO_URL=http://127.0.0.1:$MOTO_PORT
 
 step "integration (real binary against moto)"
 cargo test --locked --test moto --test access --test ops --test hardening --test chain
+
+step "IMDS in a private network namespace (fake IMDSv2, moto, the binary as sshd runs it)"
+cargo build --locked
+tests/imds_test.sh "$ROOT/target/debug/iam-authorized-keys" "$VENV/bin/python"
+
+step "proxy: IAM only through a CONNECT proxy on loopback"
+tests/proxy_test.sh "$ROOT/target/debug/iam-authorized-keys" "$VENV/bin/python"
 
 step "static release binary"
 cargo build --locked --release --target "$TARGET"

@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::cache::{self, Cache};
 use crate::cli::{Cli, DoctorArgs};
 use crate::config::{Config, Env};
+use crate::credentials;
 use crate::error::Error;
 use crate::log::Log;
 use crate::lookup::{self, Judgement};
@@ -185,17 +186,10 @@ fn config_from_command(words: &[&str], user: &str, uid: Option<u32>) -> Result<C
         argv.push(w);
     }
     let cli = Cli::try_parse_from(&argv).map_err(|e| e.to_string().trim().to_string())?;
-    Config::build(
-        &cli.opts,
-        &Env {
-            iam_endpoint: None,
-            sts_endpoint: None,
-        },
-    )
-    .map_err(|e| e.to_string())
+    Config::build(&cli.opts, &Env::default()).map_err(|e| e.to_string())
 }
 
-pub fn run(args: &DoctorArgs, own: &Config, _log: &Log) -> Result<(), Error> {
+pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
     let mut r = Report::default();
     let user = match &args.user {
         Some(u) => Some(
@@ -402,52 +396,136 @@ pub fn run(args: &DoctorArgs, own: &Config, _log: &Log) -> Result<(), Error> {
             "put what is needed in the command line or the --config file (e.g. --credentials-file)",
         );
     }
-    r.ok(
-        "region",
-        format!(
-            "{}; IAM endpoint {}{}",
-            cfg.region,
-            cfg.endpoint_url.as_deref().unwrap_or("default"),
-            cfg.assume_role
-                .as_ref()
-                .map(|a| format!("; assuming role {}", a.arn))
-                .unwrap_or_default()
-        ),
-    );
+    let proxy_env: Vec<&str> = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ]
+    .into_iter()
+    .filter(|k| std::env::var_os(k).is_some())
+    .collect();
+    if !proxy_env.is_empty() {
+        r.warn(
+            "proxy",
+            format!(
+                "this shell sets {}; sshd passes no environment, so lookups will not use them",
+                proxy_env.join(", ")
+            ),
+            "put --proxy URL (and --no-proxy LIST) in the command line or the --config file",
+        );
+    }
+    if let Some(p) = cfg.proxy.as_ref().filter(|p| !p.from_env) {
+        r.ok(
+            "proxy",
+            format!(
+                "IAM and STS through {}{}{}; never IMDS",
+                p.url,
+                if p.basic_auth.is_some() {
+                    " (with a user and password)"
+                } else {
+                    ""
+                },
+                p.no_proxy
+                    .as_deref()
+                    .map(|n| format!("; not for {n}"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
     let budget = cfg.timeout.max(Duration::from_secs(5));
     let probed = lookup::with_runtime(&cfg, budget, async {
-        let creds = iam::describe_credentials(&cfg, budget).await;
-        let client = iam::client(&cfg, budget).await?;
-        Ok((creds, iam::probe(&client).await))
+        match iam::connect(&cfg, budget).await {
+            Ok(c) => {
+                let reach = iam::probe(&c.client).await;
+                Ok(Ok((c, reach)))
+            }
+            Err(e) => Ok(Err(e)),
+        }
     });
-    match probed {
-        Ok((creds, reach)) => {
-            match creds {
-                Ok(d) => r.ok("credentials", d),
-                Err(e) => r.fail(
-                    "credentials",
-                    format!("no credentials: {e}"),
-                    "attach an instance profile, or name a root-owned --credentials-file",
+    // One root cause, one FAIL: without credentials IAM is not asked, so it is not reported unreachable.
+    let aws_ok = match probed {
+        Ok(Ok((c, reach))) => {
+            for line in &c.trace {
+                log.debug(line);
+            }
+            r.ok(
+                "region",
+                format!(
+                    "{} (from {}); IAM endpoint {}{}",
+                    c.region,
+                    c.region_source,
+                    cfg.endpoint_url.as_deref().unwrap_or("default"),
+                    cfg.assume_role
+                        .as_ref()
+                        .map(|a| format!("; assuming role {}", a.arn))
+                        .unwrap_or_default()
                 ),
+            );
+            let from = match c.step {
+                credentials::IMDS_STEP => "the instance profile (IMDSv2)".to_string(),
+                credentials::PROFILE_STEP => match &cfg.credentials_file {
+                    Some(p) => format!("{}", p.display()),
+                    None => "~/.aws of this shell's user".to_string(),
+                },
+                other => other.to_string(),
+            };
+            let only_here = c.step == credentials::ENVIRONMENT_STEP
+                || (c.step == credentials::PROFILE_STEP && cfg.credentials_file.is_none());
+            if only_here {
+                r.warn(
+                    "credentials",
+                    format!("from {from}: {}; sshd will not have these (it passes no environment, HOME=/nonexistent)", c.kind),
+                    "on EC2 attach an instance profile; elsewhere name a root-owned --credentials-file in the command line or --config file",
+                );
+            } else {
+                r.ok("credentials", format!("from {from}: {}", c.kind));
             }
             match reach {
-                Ok(()) => r.ok("IAM", "reachable; ListSSHPublicKeys allowed"),
-                Err(e) => r.fail(
-                    "IAM",
-                    e,
-                    "check network/endpoint and attach examples/iam/read-keys.json to the role",
-                ),
+                Ok(()) => {
+                    r.ok("IAM", "reachable; ListSSHPublicKeys allowed");
+                    true
+                }
+                Err(e) => {
+                    r.fail(
+                        "IAM",
+                        e,
+                        "check network/endpoint and attach examples/iam/read-keys.json to the role",
+                    );
+                    false
+                }
             }
         }
-        Err(e) => r.fail(
-            "IAM",
-            e.to_string(),
-            "check network, endpoint and --timeout",
-        ),
-    }
+        Ok(Err(Error::Credentials { cause, fix, detail })) => {
+            log.debug(&detail);
+            r.ok(
+                "region",
+                if cfg.region_configured {
+                    format!("{} (--region)", cfg.region)
+                } else {
+                    format!(
+                        "from IMDS once instance-profile credentials are found, else {}",
+                        cfg.region
+                    )
+                },
+            );
+            r.fail("credentials", cause, fix);
+            false
+        }
+        Ok(Err(e)) | Err(e) => {
+            r.fail(
+                "IAM",
+                e.to_string(),
+                "check network, endpoint and --timeout",
+            );
+            false
+        }
+    };
 
     if let Some(login) = &user {
-        check_user(&mut r, &cfg, login);
+        check_user(&mut r, &cfg, login, aws_ok);
     }
 
     let failed = r.0.iter().filter(|c| c.status == Status::Fail).count();
@@ -577,7 +655,7 @@ fn check_cache_dir(r: &mut Report, cfg: &Config, command_user: Option<&str>) {
     }
 }
 
-fn check_user(r: &mut Report, cfg: &Config, login: &LoginName) {
+fn check_user(r: &mut Report, cfg: &Config, login: &LoginName, aws_ok: bool) {
     let iam_user = login.iam_user();
     r.ok(
         "mapping",
@@ -598,13 +676,20 @@ fn check_user(r: &mut Report, cfg: &Config, login: &LoginName) {
             "sshd only asks about local accounts; create it with a UID >= --min-uid, or --allow-user",
         ),
     }
-    // What IAM says now, bypassing the cache.
+    // What IAM says now, bypassing the cache; not asked when the checks above already failed for it.
     let budget = cfg.timeout.max(Duration::from_secs(5));
-    let fetched = lookup::with_runtime(cfg, budget, async {
-        let client = iam::client(cfg, budget).await?;
-        iam::fetch(&client, iam_user, &HashMap::new(), &cfg.allowed_groups).await
-    });
+    let fetched = if !aws_ok {
+        Ok(None)
+    } else {
+        lookup::with_runtime(cfg, budget, async {
+            let client = iam::client(cfg, budget).await?;
+            iam::fetch(&client, iam_user, &HashMap::new(), &cfg.allowed_groups)
+                .await
+                .map(Some)
+        })
+    };
     let iam_ids: Option<Vec<String>> = match fetched {
+        Ok(None) => None,
         Err(e) => {
             r.fail(
                 "IAM keys",
@@ -613,7 +698,7 @@ fn check_user(r: &mut Report, cfg: &Config, login: &LoginName) {
             );
             None
         }
-        Ok(f) => {
+        Ok(Some(f)) => {
             match f.outcome {
                 cache::Outcome::NoSuchUser => r.fail(
                     "IAM keys",

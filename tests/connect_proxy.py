@@ -1,0 +1,101 @@
+"""A forward proxy for tests/proxy_test.sh: CONNECT only, to names it alone can resolve.
+
+usage: connect_proxy.py PORT LOG NAME=ADDR... [--auth USER:PASSWORD] [--refuse]
+
+Each CONNECT is appended to LOG as "CONNECT host:port STATUS [auth=yes|no]". Only the NAMEs given are
+tunnelled (to ADDR, always on loopback in the tests); anything else gets 502, so nothing leaves the
+machine. --auth demands Proxy-Authorization: Basic (407 otherwise); --refuse answers 403 to every CONNECT.
+"""
+import base64
+import select
+import socket
+import socketserver
+import sys
+import threading
+
+
+def main(argv):
+    port, log = int(argv[0]), argv[1]
+    names, auth, refuse = {}, None, False
+    rest = argv[2:]
+    i = 0
+    while i < len(rest):
+        if rest[i] == "--auth":
+            auth = rest[i + 1]
+            i += 2
+        elif rest[i] == "--refuse":
+            refuse = True
+            i += 1
+        else:
+            n, a = rest[i].split("=", 1)
+            names[n] = a
+            i += 1
+    lock = threading.Lock()
+
+    class H(socketserver.StreamRequestHandler):
+        def note(self, line):
+            with lock, open(log, "a") as f:
+                f.write(line + "\n")
+
+        def handle(self):
+            head = self.rfile.readline(8192).decode("latin-1").strip()
+            headers = {}
+            while True:
+                line = self.rfile.readline(8192).decode("latin-1")
+                if line in ("\r\n", "\n", ""):
+                    break
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+            parts = head.split()
+            if len(parts) != 3 or parts[0] != "CONNECT":
+                self.note(f"{head} 405")
+                self.wfile.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            target = parts[1]
+            sent = headers.get("proxy-authorization", "")
+            has_auth = "yes" if sent else "no"
+            if refuse:
+                self.note(f"CONNECT {target} 403 auth={has_auth}")
+                self.wfile.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                return
+            if auth is not None:
+                want = "Basic " + base64.b64encode(auth.encode()).decode()
+                if sent != want:
+                    self.note(f"CONNECT {target} 407 auth={has_auth}")
+                    self.wfile.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                                     b"Proxy-Authenticate: Basic realm=\"iak\"\r\nContent-Length: 0\r\n\r\n")
+                    return
+            host, _, tport = target.rpartition(":")
+            if host not in names:
+                self.note(f"CONNECT {target} 502 auth={has_auth}")
+                self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                return
+            up = socket.create_connection((names[host], int(tport)), timeout=10)
+            self.note(f"CONNECT {target} 200 auth={has_auth}")
+            self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self.wfile.flush()
+            down = self.connection
+            for _ in range(100000):
+                r, _, _ = select.select([down, up], [], [], 30)
+                if not r:
+                    break
+                done = False
+                for s in r:
+                    data = s.recv(65536)
+                    if not data:
+                        done = True
+                        break
+                    (up if s is down else down).sendall(data)
+                if done:
+                    break
+            up.close()
+
+    class S(socketserver.ThreadingMixIn, socketserver.TCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    S(("127.0.0.1", port), H).serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
