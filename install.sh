@@ -1207,6 +1207,11 @@ fi
 declare -a CREATED=() NEW_DIRS=() MANIFEST_LINES=()
 OLD_MANIFEST=
 [ -f "$R$MANIFEST" ] && OLD_MANIFEST=$(cat "$R$MANIFEST")
+# The package's postinst over an install.sh install (same manifest): the binary, man page and entries
+# that install listed would be forgotten, never removed. One or the other.
+if [ $INSTALLED = 1 ] && grep -q "^file .*/bin/$NAME\$" <<< "$OLD_MANIFEST"; then
+    die "$(awk '$1 == "file" && $2 ~ /\/bin\/'"$NAME"'$/ { print $2; exit }' <<< "$OLD_MANIFEST") was installed by install.sh ($MANIFEST): remove that install first (install.sh --uninstall), then configure the package again (dpkg --configure -a)"
+fi
 record() { MANIFEST_LINES+=("$1 $2"); }
 mkdirs() {  # mkdir -p, remembering each directory it created
     local d=$1 missing=()

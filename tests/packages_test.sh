@@ -172,6 +172,17 @@ CHAINED_USER=udbuser package_test "Debian 13 with userdbctl" \
     " --chain /usr/bin/userdbctl --chain-arg ssh-authorized-keys --chain-arg %u" "/usr/bin/userdbctl ssh-authorized-keys %u"
 pass "Debian 13 (OpenSSH 10.0, systemd-userdbd): the same, with the real userdbctl chained (its key logs in); dpkg -r and --purge give userdbctl back"
 
+# The package over an install.sh install (the same manifest): refused, that install left as it was.
+fresh bookworm
+"$INSTALL" --root "$T" --binary "$BIN" 2>"$W/log" || fail "install.sh into the tree: $(cat "$W/log")"
+cp "$T/etc/ssh/sshd_config.d/10-$NAME.conf" "$T/var/lib/$NAME/$NAME.manifest" "$W/"
+cp "$W/new.deb" "$T/tmp/"
+! apt_install /tmp/new.deb > "$W/apt.log" 2>&1 || fail "the package configured itself over an install.sh install"
+grep -q "/usr/local/bin/$NAME was installed by install.sh" "$W/apt.log" || fail "over install.sh: not named: $(cat "$W/apt.log")"
+cmp -s "$W/10-$NAME.conf" "$T/etc/ssh/sshd_config.d/10-$NAME.conf" && cmp -s "$W/$NAME.manifest" "$T/var/lib/$NAME/$NAME.manifest" ||
+    fail "over install.sh: the failed postinst changed that install's drop-in or manifest"
+pass "the package refuses to configure itself over an install.sh install (named), which stays as it was"
+
 # A postinst that finds sshd would not use our settings (a conflicting line read before the Include)
 # fails, and sshd's configuration stays as it was; purge then leaves the tree as before.
 fresh bookworm
