@@ -1140,7 +1140,8 @@ CTRL
 # effective-configuration check, chaining, default account, sshd -t, reload. install.sh rolls back its
 # own changes when sshd would not use them, and this fails: sshd is never left half-configured.
 set -e
-if [ "$1" = configure ]; then
+# abort-*: a failed remove or upgrade puts the configuration back (install.sh is idempotent).
+if [ "$1" = configure ] || [ "$1" = abort-remove ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ]; then
     /usr/lib/iam-authorized-keys/install.sh --installed --bindir /usr/bin --config /etc/iam-authorized-keys/config
     # purge runs install.sh --uninstall after dpkg has removed the package's files: keep a copy.
     install -m 0755 /usr/lib/iam-authorized-keys/install.sh /var/lib/iam-authorized-keys/install.sh

@@ -42,8 +42,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The Debian mirror this machine's apt uses (debootstrap's own default otherwise).
-MIRROR=$(awk '/^URIs:/ && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
 
 # IAM users: one with a local account in the trees, one named like the default account. chainkey: the
 # key the chained command (EIC's stand-in, or userdb) serves.

@@ -73,11 +73,14 @@ LIST
 }
 
 # --- real Debian trees (images, packages tiers) -----------------------------------------------------------
-# They set CACHE (target/images), W (work dir), MIRROR, DEF (default account), IAMU (IAM user), SSHD_PID.
+# They set CACHE (target/images), W (work dir), DEF (default account), IAMU (IAM user), SSHD_PID.
 
 # tree NAME SUITE PACKAGES: the cached tree, built when missing.
 tree() {
     [ -x "$CACHE/$1/usr/sbin/sshd" ] && return 0
+    # The Debian mirror this machine's apt uses (debootstrap's own default otherwise).
+    local MIRROR
+    MIRROR=$(awk '/^URIs:/ && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
     echo "building a $2 tree with debootstrap (cached in $CACHE/$1)"
     rm -rf --one-file-system "$CACHE/$1.tmp"
     # shellcheck disable=SC2086  # MIRROR: one word or none

@@ -41,7 +41,6 @@ cleanup() {
     rm -rf --one-file-system "$W"
 }
 trap cleanup EXIT
-MIRROR=$(awk '/^URIs:/ && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
 
 # in_tree CMD...: CMD run in the tree $T (chroot) with /proc mounted, in a private mount namespace (the
 # mount goes with it): maintainer scripts use /dev/fd (bash process substitution).
