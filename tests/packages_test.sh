@@ -9,8 +9,8 @@
 #   - the tree's own sshd on a loopback port: an IAM user logs in, the default account (cloud-init's
 #     default_user) logs in with its authorized_keys key, a chained command's key logs in (Debian 13: the
 #     real userdbctl; Debian 12: EC2 Instance Connect's unit override with a root-owned stand-in program)
-#   - dpkg -r: sshd as before (the other command in effect again), the conffile kept; dpkg --purge: the
-#     tree as before the install (dpkg's and apt's own records aside)
+#   - dpkg -r: sshd as before (the other command in effect again), the conffile kept; installed again;
+#     dpkg --purge: the tree as before the install (dpkg's and apt's own records aside)
 #   - a postinst that finds sshd would not use our settings fails, and leaves sshd's configuration as it was
 # Needs root (chroot, unshare, accounts in the trees).
 #
@@ -134,6 +134,13 @@ package_test() {
     grep -q "^$NAME:" "$T/etc/passwd" || fail "$label: dpkg -r removed the user (purge does)"
     tT
     grep -qx "authorizedkeyscommand $other" "$W/T" || fail "$label: after dpkg -r sshd runs $(grep -i '^authorizedkeyscommand ' "$W/T"), not '$other'"
+    # Installed again over the kept config and user, then purged from the installed state (prerm remove
+    # and postrm purge in one run).
+    apt_install /tmp/new.deb > "$W/apt.log" 2>&1 || fail "$label: apt-get install after dpkg -r: $(tail -20 "$W/apt.log")"
+    tT
+    grep -qx "authorizedkeyscommand /usr/bin/$NAME --config /etc/$NAME/config --deny-user $DEF --max-uid 60000${chain} --uid %U -- %u %f %t" "$W/T" ||
+        fail "$label: reinstalled after dpkg -r, not in effect: $(grep -i authorizedkeys "$W/T")"
+    cmp -s "$W/config.edited" "$T/etc/$NAME/config" || fail "$label: the reinstall changed the config"
     in_tree dpkg --purge $NAME > "$W/dpkg.log" 2>&1 || fail "$label: dpkg --purge: $(cat "$W/dpkg.log")"
     [ -z "$(dpkg_version)" ] || [ "$(dpkg_version)" = "unknown ok not-installed " ] || fail "$label: after purge: $(dpkg_version)"
     [ "$before" = "$(snapshot "$T" "${RECORDS[@]}")" ] ||
@@ -156,7 +163,7 @@ CHAINED_USER=eicuser package_test "Debian 12 with EC2 Instance Connect" \
 "$INSTALL" --root "$T" --sshd-unit > "$W/u"
 grep -q '^option AuthorizedKeysCommand /usr/share/ec2-instance-connect/eic_run_authorized_keys %u %f' "$W/u" ||
     fail "Debian 12: after purge the ssh unit does not pass EIC's options again: $(cat "$W/u")"
-pass "Debian 12 (OpenSSH 9.2): apt-get install ./old.deb, then ./new.deb over it keeps the operator's config; IAM user, default account and EIC's chained key log in through the tree's sshd; dpkg -r keeps config and user, sshd as before; dpkg --purge restores the tree and EIC's unit options"
+pass "Debian 12 (OpenSSH 9.2): apt-get install ./old.deb, then ./new.deb over it keeps the operator's config; IAM user, default account and EIC's chained key log in through the tree's sshd; dpkg -r keeps config and user, sshd as before; reinstall works; dpkg --purge restores the tree and EIC's unit options"
 
 # Debian 13 with systemd-userdbd (its 20- drop-in linked, as after first boot): userdbctl is chained.
 fresh trixie
