@@ -62,10 +62,10 @@ Where:
                           unit drop-in), so sshd runs as before; keep the user, cache and manifest for a
                           later --uninstall (the .deb's prerm on remove; purge runs --uninstall)
   --installed             the binary, man page, completions and sysusers.d/tmpfiles.d entries are already
-                          in place (a package put them under --bindir): configure the user, cache directory
-                          and sshd for BINDIR/$NAME without installing or recording those files (the .deb's
-                          postinst: /usr/lib/$NAME/install.sh --installed --bindir /usr/bin
-                          --config /etc/$NAME/config)
+                          in place (a package put them under --bindir): configure the user, cache
+                          directory and sshd for BINDIR/$NAME without installing or recording
+                          those files (the .deb's postinst: /usr/lib/$NAME/install.sh
+                          --installed --bindir /usr/bin --config /etc/$NAME/config)
   --with-sync             also install and enable the sync-users systemd timer (root only; runs at boot
                           and every 10 min with a random delay); its flags:
       --sync-group G  --sudo-group G  --remove-after N  --remove lock|delete  --managed-group NAME
@@ -85,11 +85,11 @@ Where:
                           the -o options it passes to sshd, then exit
   --package FILE.tar.gz   instead of installing, write a release tarball (binary, install.sh, drop-in,
                           README) and FILE.tar.gz.sha256, for image pipelines (see examples/)
-  --package FILE.deb      write a Debian package instead (dpkg-deb): /usr/bin/$NAME, man page,
-                          completions, sysusers.d/tmpfiles.d entries, the sync-users units (not enabled),
-                          the IAM policies under /usr/share/doc/$NAME, the conffile /etc/$NAME/config
-                          read with --config; its postinst runs this script with --installed. Plus
-                          FILE.deb.sha256
+  --package FILE.deb      write a Debian package instead (dpkg-deb): /usr/bin/$NAME, man
+                          page, completions, sysusers.d/tmpfiles.d entries, the sync-users units (not
+                          enabled), the IAM policies under /usr/share/doc/$NAME, the conffile
+                          /etc/$NAME/config read with --config; its postinst runs this
+                          script with --installed. Plus FILE.deb.sha256
   --package-version V     the package's version (default: Cargo.toml's)
   -h, --help              this text
 

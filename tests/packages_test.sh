@@ -58,6 +58,8 @@ VERSION=$(awk -F'"' '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 } p && /^versi
 "$INSTALL" --binary "$BIN" --package "$W/new.deb" 2>"$W/log" || fail "--package new.deb: $(cat "$W/log")"
 "$INSTALL" --binary "$BIN" --package "$W/old.deb" --package-version 0.0.1 2>"$W/log" || fail "--package old.deb: $(cat "$W/log")"
 (cd "$W" && sha256sum -c --quiet new.deb.sha256) || fail "new.deb.sha256 does not match"
+! "$INSTALL" --binary "$BIN" --package "$W/x.zip" 2>"$W/log" && grep -q "must end in .tar.gz or .deb" "$W/log" && [ ! -e "$W/x.zip" ] ||
+    fail "--package with an unknown extension not refused: $(cat "$W/log")"
 dpkg-deb --info "$W/new.deb" > "$W/info"
 for want in "Package: $NAME" "Version: $VERSION" "Architecture: amd64" "Depends: openssh-server" \
     "Description: SSH keys of AWS IAM users for sshd (AuthorizedKeysCommand)"; do
