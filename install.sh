@@ -23,6 +23,7 @@ UNINSTALL_SSHD=0
 INSTALLED=0
 PACKAGE=
 PACKAGE_VERSION=
+PACKAGE_ALL=
 WITH_SYNC=0
 REPLACE_OTHER=0
 SHOW_UNIT=0
@@ -91,6 +92,8 @@ Where:
                           /etc/$NAME/config read with --config; its postinst runs this
                           script with --installed. Plus FILE.deb.sha256
   --package-version V     the package's version (default: Cargo.toml's)
+  --package-all DIR       write every format into DIR: $NAME-VERSION-x86_64.tar.gz,
+                          ${NAME}_VERSION_amd64.deb (each with its .sha256) and SHA256SUMS
   -h, --help              this text
 
 Lookup flags written into the drop-in's AuthorizedKeysCommand line (see iam-authorized-keys --help):
@@ -135,6 +138,7 @@ while [ $# -gt 0 ]; do
         --installed) INSTALLED=1 ;;
         --package-version) PACKAGE_VERSION=${2:?--package-version needs a version}; shift ;;
         --package) PACKAGE=${2:?--package needs a file name}; shift ;;
+        --package-all) PACKAGE_ALL=${2:?--package-all needs a directory}; shift ;;
         --with-sync) WITH_SYNC=1 ;;
         --replace-other-command) REPLACE_OTHER=1 ;;
         --default-user)
@@ -188,6 +192,10 @@ fi
 # sshd itself checks what we write; without it nothing could be validated (an operator installs
 # openssh-server first). Checked before the build, so a missing sshd costs nothing.
 case $PACKAGE in ''|*.tar.gz|*.deb) ;; *) die "--package $PACKAGE: the name must end in .tar.gz or .deb" ;; esac
+if [ -n "$PACKAGE_ALL" ]; then
+    [ -z "$PACKAGE" ] || die "--package and --package-all: one or the other"
+    PACKAGE=$PACKAGE_ALL/SHA256SUMS   # for the checks below: packaging, not installing
+fi
 [ -z "$PACKAGE_VERSION" ] || [ -n "$PACKAGE" ] || die "--package-version goes with --package"
 SSHD_BIN=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
 if [ $UNINSTALL = 0 ] && [ -z "$PACKAGE" ] && [ ! -x "$SSHD_BIN" ]; then
@@ -1037,6 +1045,16 @@ fi
 [ -f "$BINARY" ] && [ -x "$BINARY" ] || die "binary $BINARY not found or not executable"
 "$BINARY" --version >/dev/null || die "$BINARY does not run on this machine"
 
+# package_version: --package-version, else Cargo.toml's [package] version.
+package_version() {
+    local version=$PACKAGE_VERSION
+    if [ -z "$version" ]; then
+        version=$(awk -F'"' '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 } p && /^version *=/ { print $2; exit }' "$SRC_DIR/Cargo.toml")
+    fi
+    [[ $version =~ ^[0-9][A-Za-z0-9.+~-]*$ ]] || die "package version '$version' is not a Debian version"
+    echo "$version"
+}
+
 # write_deb FILE: a Debian package staged in a tree and built by dpkg-deb (on every Debian machine;
 # cargo-deb would rebuild the binary with cargo, not take the one given with --binary). Its maintainer
 # scripts run this very script, shipped as /usr/lib/$NAME/install.sh: postinst --installed (the checks,
@@ -1044,13 +1062,10 @@ fi
 # before, user, cache and conffile kept), postrm --uninstall from a copy kept in the state directory
 # (purge: everything the package created, a chained command restored).
 write_deb() {
-    local out=$1 version=$PACKAGE_VERSION stage d f
+    local out=$1 version stage d f
     umask 022   # the staged files' modes are the package's
     command -v dpkg-deb >/dev/null || die "dpkg-deb not found (Debian package dpkg)"
-    if [ -z "$version" ]; then
-        version=$(awk -F'"' '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 } p && /^version *=/ { print $2; exit }' "$SRC_DIR/Cargo.toml")
-    fi
-    [[ $version =~ ^[0-9][A-Za-z0-9.+~-]*$ ]] || die "package version '$version' is not a Debian version"
+    version=$(package_version)
     stage=$(mktemp -d)
     chmod 0755 "$stage"
     d=$stage
@@ -1186,11 +1201,9 @@ SCRIPT
     note "wrote $out ($NAME $version, $("$BINARY" --version)) and $out.sha256"
 }
 
-if [ -n "$PACKAGE" ] && [[ $PACKAGE == *.deb ]]; then
-    write_deb "$PACKAGE"
-    exit 0
-fi
-if [ -n "$PACKAGE" ]; then
+# write_tarball FILE: the release tarball (binary, install.sh, drop-in, README) for image pipelines.
+write_tarball() {
+    local PACKAGE=$1 stage
     stage=$(mktemp -d)
     mkdir -p "$stage/$NAME/sshd_config.d"
     install -m 0755 "$BINARY" "$stage/$NAME/$NAME"
@@ -1201,6 +1214,21 @@ if [ -n "$PACKAGE" ]; then
     rm -rf "$stage"
     (cd "$(dirname "$PACKAGE")" && sha256sum "$(basename "$PACKAGE")") > "$PACKAGE.sha256"
     note "wrote $PACKAGE ($("$BINARY" --version)) and $PACKAGE.sha256"
+}
+
+if [ -n "$PACKAGE_ALL" ]; then
+    mkdir -p "$PACKAGE_ALL"
+    v=$(package_version)
+    write_tarball "$PACKAGE_ALL/$NAME-$v-x86_64.tar.gz"
+    write_deb "$PACKAGE_ALL/${NAME}_${v}_amd64.deb"
+    (cd "$PACKAGE_ALL" && sha256sum "$NAME-$v-x86_64.tar.gz" "${NAME}_${v}_amd64.deb") > "$PACKAGE_ALL/SHA256SUMS"
+    note "wrote $PACKAGE_ALL/SHA256SUMS"
+    exit 0
+elif [[ $PACKAGE == *.deb ]]; then
+    write_deb "$PACKAGE"
+    exit 0
+elif [ -n "$PACKAGE" ]; then
+    write_tarball "$PACKAGE"
     exit 0
 fi
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Debian package (install.sh --package FILE.deb) on real Debian 12 and 13 trees (the images tier's
 # debootstrap trees, cached under target/images; a scratch copy per test):
+#   - --package-all DIR: the tarball, the .deb, their .sha256 files and SHA256SUMS
 #   - dpkg-deb --info/--contents: control fields, conffile, maintainer scripts, every shipped file, the
 #     binary byte for byte
 #   - installed with apt-get install ./FILE.deb INSIDE each tree (chroot; /proc mounted in a private mount
@@ -55,7 +56,16 @@ RECORDS=(./var/lib/dpkg ./var/lib/apt ./var/cache/apt ./var/cache/debconf ./var/
 
 # --- the package files ---------------------------------------------------------------------------------
 VERSION=$(awk -F'"' '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 } p && /^version *=/ { print $2; exit }' "$HERE/../Cargo.toml")
+"$INSTALL" --binary "$BIN" --package-all "$W/all" 2>"$W/log" || fail "--package-all: $(cat "$W/log")"
+[ "$(cd "$W/all" && echo *)" = "SHA256SUMS $NAME-$VERSION-x86_64.tar.gz $NAME-$VERSION-x86_64.tar.gz.sha256 ${NAME}_${VERSION}_amd64.deb ${NAME}_${VERSION}_amd64.deb.sha256" ] ||
+    fail "--package-all wrote $(ls "$W/all")"
+(cd "$W/all" && sha256sum -c --quiet SHA256SUMS && sha256sum -c --quiet ./*.sha256) || fail "--package-all: a checksum does not match"
+[ "$(wc -l < "$W/all/SHA256SUMS")" = 2 ] || fail "SHA256SUMS: $(cat "$W/all/SHA256SUMS")"
+tar -tzf "$W/all/$NAME-$VERSION-x86_64.tar.gz" | grep -qx "$NAME/install.sh" || fail "--package-all: the tarball lacks install.sh"
 "$INSTALL" --binary "$BIN" --package "$W/new.deb" 2>"$W/log" || fail "--package new.deb: $(cat "$W/log")"
+cmp -s "$W/new.deb" "$W/all/${NAME}_${VERSION}_amd64.deb" && cmp -s "$W/new.deb.sha256" "$W/all/${NAME}_${VERSION}_amd64.deb.sha256" ||
+    dpkg-deb --contents "$W/new.deb" | awk '{ print $1, $2, $3, $6 }' | cmp -s - <(dpkg-deb --contents "$W/all/${NAME}_${VERSION}_amd64.deb" | awk '{ print $1, $2, $3, $6 }') ||
+    fail "--package FILE.deb and --package-all differ in contents"
 "$INSTALL" --binary "$BIN" --package "$W/old.deb" --package-version 0.0.1 2>"$W/log" || fail "--package old.deb: $(cat "$W/log")"
 (cd "$W" && sha256sum -c --quiet new.deb.sha256) || fail "new.deb.sha256 does not match"
 ! "$INSTALL" --binary "$BIN" --package "$W/x.zip" 2>"$W/log" && grep -q "must end in .tar.gz or .deb" "$W/log" && [ ! -e "$W/x.zip" ] ||
@@ -96,7 +106,7 @@ cmp -s "$INSTALL" "$W/x/usr/lib/$NAME/install.sh" || fail "the packaged install.
 zcat "$W/x/usr/share/man/man8/$NAME.8.gz" | grep -q '^\.TH' || fail "man page"
 grep -q "ExecStart=/usr/bin/$NAME sync-users --config /etc/$NAME/config" "$W/x/usr/lib/systemd/system/$NAME-sync.service" || fail "sync service"
 ! find "$W/x" -path '*wants*' | grep -q . || fail "the package enables a unit"
-pass "dpkg-deb: control (version $VERSION from Cargo.toml, Depends openssh-server), conffile, postinst running install.sh --installed, the listed files root-owned, the binary byte for byte, the timer not enabled"
+pass "--package-all: tarball and .deb with SHA256SUMS; dpkg-deb: control (version $VERSION from Cargo.toml, Depends openssh-server), conffile, postinst running install.sh --installed, the listed files root-owned, the binary byte for byte, the timer not enabled"
 
 # --- on real trees -------------------------------------------------------------------------------------
 for k in iamkey defiam chainkey; do ssh-keygen -q -t ed25519 -N '' -C "$k" -f "$W/$k"; done
