@@ -19,7 +19,11 @@ SSHD_CONFIG=/etc/ssh/sshd_config
 SSHD_DIR=/etc/ssh/sshd_config.d
 RELOAD=1
 UNINSTALL=0
+UNINSTALL_SSHD=0
+INSTALLED=0
 PACKAGE=
+PACKAGE_VERSION=
+PACKAGE_ALL=
 WITH_SYNC=0
 REPLACE_OTHER=0
 SHOW_UNIT=0
@@ -55,6 +59,14 @@ Where:
   --sshd-config-dir DIR   drop-in directory (default /etc/ssh/sshd_config.d)
   --no-reload             do not reload sshd (image pipelines)
   --uninstall             remove what a previous run installed
+  --uninstall-sshd        remove only what a previous run changed in sshd's configuration (drop-in, Include,
+                          unit drop-in), so sshd runs as before; keep the user, cache and manifest for a
+                          later --uninstall (the .deb's prerm on remove; purge runs --uninstall)
+  --installed             the binary, man page, completions and sysusers.d/tmpfiles.d entries are already
+                          in place (a package put them under --bindir): configure the user, cache
+                          directory and sshd for BINDIR/$NAME without installing or recording
+                          those files (the .deb's postinst: /usr/lib/$NAME/install.sh
+                          --installed --bindir /usr/bin --config /etc/$NAME/config)
   --with-sync             also install and enable the sync-users systemd timer (root only; runs at boot
                           and every 10 min with a random delay); its flags:
       --sync-group G  --sudo-group G  --remove-after N  --remove lock|delete  --managed-group NAME
@@ -74,6 +86,14 @@ Where:
                           the -o options it passes to sshd, then exit
   --package FILE.tar.gz   instead of installing, write a release tarball (binary, install.sh, drop-in,
                           README) and FILE.tar.gz.sha256, for image pipelines (see examples/)
+  --package FILE.deb      write a Debian package instead (dpkg-deb): /usr/bin/$NAME, man
+                          page, completions, sysusers.d/tmpfiles.d entries, the sync-users units (not
+                          enabled), the IAM policies under /usr/share/doc/$NAME, the conffile
+                          /etc/$NAME/config read with --config; its postinst runs this
+                          script with --installed. Plus FILE.deb.sha256
+  --package-version V     the package's version (default: Cargo.toml's)
+  --package-all DIR       write every format into DIR: $NAME-VERSION-x86_64.tar.gz,
+                          ${NAME}_VERSION_amd64.deb (each with its .sha256) and SHA256SUMS
   -h, --help              this text
 
 Lookup flags written into the drop-in's AuthorizedKeysCommand line (see iam-authorized-keys --help):
@@ -115,7 +135,11 @@ while [ $# -gt 0 ]; do
         --sshd-config-dir) SSHD_DIR=${2:?}; shift ;;
         --no-reload) RELOAD=0 ;;
         --uninstall) UNINSTALL=1 ;;
+        --uninstall-sshd) UNINSTALL=1; UNINSTALL_SSHD=1 ;;
+        --installed) INSTALLED=1 ;;
+        --package-version) PACKAGE_VERSION=${2:?--package-version needs a version}; shift ;;
         --package) PACKAGE=${2:?--package needs a file name}; shift ;;
+        --package-all) PACKAGE_ALL=${2:?--package-all needs a directory}; shift ;;
         --with-sync) WITH_SYNC=1 ;;
         --replace-other-command) REPLACE_OTHER=1 ;;
         --default-user)
@@ -168,6 +192,12 @@ fi
 
 # sshd itself checks what we write; without it nothing could be validated (an operator installs
 # openssh-server first). Checked before the build, so a missing sshd costs nothing.
+case $PACKAGE in ''|*.tar.gz|*.deb) ;; *) die "--package $PACKAGE: the name must end in .tar.gz or .deb" ;; esac
+if [ -n "$PACKAGE_ALL" ]; then
+    [ -z "$PACKAGE" ] || die "--package and --package-all: one or the other"
+    PACKAGE=$PACKAGE_ALL/SHA256SUMS   # for the checks below: packaging, not installing
+fi
+[ -z "$PACKAGE_VERSION" ] || [ -n "$PACKAGE" ] || die "--package-version goes with --package"
 SSHD_BIN=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
 if [ $UNINSTALL = 0 ] && [ -z "$PACKAGE" ] && [ ! -x "$SSHD_BIN" ]; then
     die "sshd not found (needed to validate the configuration): install openssh-server first (apt-get install openssh-server, dnf install openssh-server)"
@@ -824,9 +854,19 @@ uninstall() {
     local m=$R$MANIFEST
     [ -f "$m" ] || die "nothing to uninstall: $m not found"
     local kind path include_dir=
-    local -a dirs=()
+    local -a dirs=() kept=()
     include_dir=$(awk '$1 == "includedir" { print $2 }' "$m")
     while read -r kind path; do
+        # --uninstall-sshd: only sshd's configuration goes; the rest stays listed for --uninstall.
+        if [ $UNINSTALL_SSHD = 1 ]; then
+            case $kind in
+                include) ;;
+                file) [[ $path == "$SSHD_DIR"/* || $path == /etc/systemd/system/*.service.d/zz-$NAME.conf ]] ||
+                          { kept+=("$kind $path"); continue; } ;;
+                includedir) continue ;;
+                *) kept+=("$kind $path"); continue ;;
+            esac
+        fi
         case $kind in
             file)
                 rm -f "$R$path"
@@ -859,17 +899,24 @@ uninstall() {
                 fi ;;
         esac
     done < "$m"
-    rm -f "$m"
-    # Directories we created, deepest first, only when empty.
-    local i
-    for ((i=${#dirs[@]}-1; i>=0; i--)); do rmdir "$R${dirs[$i]}" 2>/dev/null || true; done
-    rmdir "$R$(dirname "$MANIFEST")" 2>/dev/null || true
+    if [ $UNINSTALL_SSHD = 1 ]; then
+        local tmp; tmp=$(mktemp "$m.XXXXXX")
+        [ ${#kept[@]} -eq 0 ] || printf '%s\n' "${kept[@]}" > "$tmp"
+        chmod 0644 "$tmp"; mv -f "$tmp" "$m"
+    else
+        rm -f "$m"
+        # Directories we created, deepest first, only when empty.
+        local i
+        for ((i=${#dirs[@]}-1; i>=0; i--)); do rmdir "$R${dirs[$i]}" 2>/dev/null || true; done
+        rmdir "$R$(dirname "$MANIFEST")" 2>/dev/null || true
+    fi
     if [ "${UNIT_CHANGED:-0}" = 1 ]; then
         unit_load
         [ -n "$R" ] || [ $RELOAD = 1 ] || note "restart sshd (systemctl daemon-reload; systemctl restart ${UNIT_NAME:-ssh}) to give its unit's command line back"
     fi
     if [ -z "$R" ] && [ -f "$SSHD_CONFIG" ]; then validate_sshd && reload_sshd; fi
-    note "uninstalled"
+    if [ $UNINSTALL_SSHD = 1 ]; then note "removed from sshd's configuration (user, cache and $MANIFEST kept for --uninstall)"
+    else note "uninstalled"; fi
 }
 
 if [ $SHOW_UNIT = 1 ]; then show_unit; exit 0; fi
@@ -965,7 +1012,11 @@ if [ -z "$PACKAGE" ]; then
 fi
 
 # --- the binary --------------------------------------------------------------------------------------
-if [ -z "$BINARY" ]; then
+if [ $INSTALLED = 1 ]; then
+    # A package manager put it there (and owns it, its man page and completions): use it as it is.
+    [ -z "$BINARY" ] || die "--installed uses BINDIR/$NAME as installed; --binary does not go with it"
+    BINARY=$R$BINDIR/$NAME
+elif [ -z "$BINARY" ]; then
     command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) or pass --binary PATH"
     if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx $TARGET; then
         note "adding Rust target $TARGET"
@@ -988,7 +1039,165 @@ fi
 [ -f "$BINARY" ] && [ -x "$BINARY" ] || die "binary $BINARY not found or not executable"
 "$BINARY" --version >/dev/null || die "$BINARY does not run on this machine"
 
-if [ -n "$PACKAGE" ]; then
+# package_version: --package-version, else Cargo.toml's [package] version.
+package_version() {
+    local version=$PACKAGE_VERSION
+    if [ -z "$version" ]; then
+        version=$(awk -F'"' '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 } p && /^version *=/ { print $2; exit }' "$SRC_DIR/Cargo.toml")
+    fi
+    [[ $version =~ ^[0-9][A-Za-z0-9.+~-]*$ ]] || die "package version '$version' is not a Debian version"
+    echo "$version"
+}
+
+# write_deb FILE: a Debian package staged in a tree and built by dpkg-deb (on every Debian machine;
+# cargo-deb would rebuild the binary with cargo, not take the one given with --binary). Its maintainer
+# scripts run this very script, shipped as /usr/lib/$NAME/install.sh: postinst --installed (the checks,
+# chaining, default account and rollback of a live install), prerm --uninstall-sshd (remove: sshd as
+# before, user, cache and conffile kept), postrm --uninstall from a copy kept in the state directory
+# (purge: everything the package created, a chained command restored).
+write_deb() {
+    local out=$1 version stage d f
+    umask 022   # the staged files' modes are the package's
+    command -v dpkg-deb >/dev/null || die "dpkg-deb not found (Debian package dpkg)"
+    version=$(package_version)
+    stage=$(mktemp -d)
+    chmod 0755 "$stage"
+    d=$stage
+    install -d -m 0755 "$d/DEBIAN" "$d/usr/bin" "$d/usr/lib/$NAME/sshd_config.d" "$d/usr/share/man/man8" \
+        "$d/usr/share/bash-completion/completions" "$d/usr/share/zsh/vendor-completions" \
+        "$d/usr/lib/sysusers.d" "$d/usr/lib/tmpfiles.d" "$d/usr/lib/systemd/system" \
+        "$d/usr/share/doc/$NAME" "$d/etc/$NAME"
+    install -m 0755 "$BINARY" "$d/usr/bin/$NAME"
+    install -m 0755 "$SRC_DIR/install.sh" "$d/usr/lib/$NAME/install.sh"
+    install -m 0644 "$SRC_DIR/sshd_config.d/10-$NAME.conf" "$d/usr/lib/$NAME/sshd_config.d/"
+    "$BINARY" man | gzip -9n > "$d/usr/share/man/man8/$NAME.8.gz"
+    "$BINARY" completions bash > "$d/usr/share/bash-completion/completions/$NAME"
+    "$BINARY" completions zsh > "$d/usr/share/zsh/vendor-completions/_$NAME"
+    printf 'u %s - "iam-authorized-keys lookup (AuthorizedKeysCommandUser)" /nonexistent /usr/sbin/nologin\n' "$NAME" > "$d/usr/lib/sysusers.d/$NAME.conf"
+    printf 'd /var/cache/%s 0700 %s %s -\n' "$NAME" "$NAME" "$NAME" > "$d/usr/lib/tmpfiles.d/$NAME.conf"
+    cat > "$d/usr/lib/systemd/system/$NAME-sync.service" <<UNIT
+[Unit]
+Description=Local accounts for IAM group members (iam-authorized-keys sync-users)
+Documentation=man:iam-authorized-keys(8)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/$NAME sync-users --config /etc/$NAME/config
+PrivateTmp=yes
+NoNewPrivileges=yes
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+TimeoutStartSec=15min
+UNIT
+    cat > "$d/usr/lib/systemd/system/$NAME-sync.timer" <<UNIT
+[Unit]
+Description=Run iam-authorized-keys sync-users at boot and every 10 minutes
+
+[Timer]
+OnBootSec=1min
+OnUnitActiveSec=10min
+RandomizedDelaySec=2min
+
+[Install]
+WantedBy=timers.target
+UNIT
+    for f in "$SRC_DIR"/examples/iam/*.json; do install -m 0644 "$f" "$d/usr/share/doc/$NAME/"; done
+    [ -f "$SRC_DIR/README.md" ] && gzip -9n < "$SRC_DIR/README.md" > "$d/usr/share/doc/$NAME/README.md.gz"
+    printf 'License: Apache-2.0\nOn Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.\n' > "$d/usr/share/doc/$NAME/copyright"
+    cat > "$d/etc/$NAME/config" <<CONF
+# $NAME settings, read at every lookup: the sshd drop-in the package writes runs
+# /usr/bin/$NAME --config /etc/$NAME/config ... (and the $NAME-sync.service runs
+# sync-users with it). One 'option = value' per line, named like the long options of $NAME(8):
+#   ttl, negative-ttl, max-stale, timeout, cache-dir, no-cache, region, endpoint-url, credentials-file,
+#   profile, ca-bundle, sts-endpoint-url, assume-role, external-id, allowed-group, name-case, min-uid,
+#   max-uid, allow-user, deny-user, key-options, key-expiry, chain, chain-arg
+# Flags on the drop-in's command line win over this file. Keep it root-owned and not group/world-writable.
+# A conffile: package upgrades never overwrite your edits; purge removes it.
+#
+# allowed-group = ssh-users
+# ttl = 5m
+# assume-role = arn:aws:iam::123456789012:role/ReadSshKeys
+CONF
+    chmod 0644 "$d/etc/$NAME/config"
+    echo "/etc/$NAME/config" > "$d/DEBIAN/conffiles"
+    local size; size=$(du -sk --exclude=DEBIAN "$d" | cut -f1)
+    cat > "$d/DEBIAN/control" <<CTRL
+Package: $NAME
+Version: $version
+Architecture: amd64
+Maintainer: iam-authorized-keys developers <dev@iak.invalid>
+Installed-Size: $size
+Depends: openssh-server
+Section: admin
+Priority: optional
+Description: SSH keys of AWS IAM users for sshd (AuthorizedKeysCommand)
+ sshd runs iam-authorized-keys as its AuthorizedKeysCommand: it serves the active
+ SSH public keys of the AWS IAM user named like the login account, through a
+ root-owned on-disk TTL cache, as a dedicated locked system user.
+ .
+ Installing configures sshd (a drop-in in /etc/ssh/sshd_config.d) after checking
+ with sshd -T that its settings are the ones in effect; another
+ AuthorizedKeysCommand in effect (EC2 Instance Connect, systemd-userdb, ...) is
+ chained, and the image's default account keeps its authorized_keys. Settings
+ live in the conffile /etc/$NAME/config. Static binary (musl).
+CTRL
+    cat > "$d/DEBIAN/postinst" <<'SCRIPT'
+#!/bin/sh
+# Configures sshd for /usr/bin/iam-authorized-keys with install.sh (--installed): user, cache directory,
+# effective-configuration check, chaining, default account, sshd -t, reload. install.sh rolls back its
+# own changes when sshd would not use them, and this fails: sshd is never left half-configured.
+set -e
+# abort-*: a failed remove or upgrade puts the configuration back (install.sh is idempotent).
+if [ "$1" = configure ] || [ "$1" = abort-remove ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ]; then
+    /usr/lib/iam-authorized-keys/install.sh --installed --bindir /usr/bin --config /etc/iam-authorized-keys/config
+    # purge runs install.sh --uninstall after dpkg has removed the package's files: keep a copy.
+    install -m 0755 /usr/lib/iam-authorized-keys/install.sh /var/lib/iam-authorized-keys/install.sh
+fi
+exit 0
+SCRIPT
+    cat > "$d/DEBIAN/prerm" <<'SCRIPT'
+#!/bin/sh
+# remove: sshd's configuration as before the install (drop-in, Include, unit drop-in removed, sshd
+# reloaded) while the binary is still there; the user, cache and /etc/iam-authorized-keys/config stay.
+set -e
+case "$1" in
+    remove|deconfigure)
+        if [ -f /var/lib/iam-authorized-keys/iam-authorized-keys.manifest ]; then
+            /usr/lib/iam-authorized-keys/install.sh --uninstall-sshd
+        fi ;;
+esac
+exit 0
+SCRIPT
+    cat > "$d/DEBIAN/postrm" <<'SCRIPT'
+#!/bin/sh
+# purge: everything the package created (user, cache directory, state) by install.sh --uninstall from
+# the copy postinst kept; a chained command is in effect again as it was.
+set -e
+if [ "$1" = purge ]; then
+    S=/var/lib/iam-authorized-keys
+    if [ -f "$S/install.sh" ]; then
+        t=$(mktemp -d)
+        mv "$S/install.sh" "$t/install.sh"
+        if [ -f "$S/iam-authorized-keys.manifest" ]; then "$t/install.sh" --uninstall; fi
+        rm -rf "$t"
+    fi
+    rm -f "$S/sync-state.json"
+    rmdir "$S" 2>/dev/null || true
+fi
+exit 0
+SCRIPT
+    chmod 0755 "$d/DEBIAN/postinst" "$d/DEBIAN/prerm" "$d/DEBIAN/postrm"
+    dpkg-deb --root-owner-group -Zxz --build "$stage" "$out" >/dev/null || { rm -rf "$stage"; die "dpkg-deb --build failed"; }
+    rm -rf "$stage"
+    (cd "$(dirname "$out")" && sha256sum "$(basename "$out")") > "$out.sha256"
+    note "wrote $out ($NAME $version, $("$BINARY" --version)) and $out.sha256"
+}
+
+# write_tarball FILE: the release tarball (binary, install.sh, drop-in, README) for image pipelines.
+write_tarball() {
+    local PACKAGE=$1 stage
     stage=$(mktemp -d)
     mkdir -p "$stage/$NAME/sshd_config.d"
     install -m 0755 "$BINARY" "$stage/$NAME/$NAME"
@@ -999,6 +1208,21 @@ if [ -n "$PACKAGE" ]; then
     rm -rf "$stage"
     (cd "$(dirname "$PACKAGE")" && sha256sum "$(basename "$PACKAGE")") > "$PACKAGE.sha256"
     note "wrote $PACKAGE ($("$BINARY" --version)) and $PACKAGE.sha256"
+}
+
+if [ -n "$PACKAGE_ALL" ]; then
+    mkdir -p "$PACKAGE_ALL"
+    v=$(package_version)
+    write_tarball "$PACKAGE_ALL/$NAME-$v-x86_64.tar.gz"
+    write_deb "$PACKAGE_ALL/${NAME}_${v}_amd64.deb"
+    (cd "$PACKAGE_ALL" && sha256sum "$NAME-$v-x86_64.tar.gz" "${NAME}_${v}_amd64.deb") > "$PACKAGE_ALL/SHA256SUMS"
+    note "wrote $PACKAGE_ALL/SHA256SUMS"
+    exit 0
+elif [[ $PACKAGE == *.deb ]]; then
+    write_deb "$PACKAGE"
+    exit 0
+elif [ -n "$PACKAGE" ]; then
+    write_tarball "$PACKAGE"
     exit 0
 fi
 
@@ -1006,6 +1230,11 @@ fi
 declare -a CREATED=() NEW_DIRS=() MANIFEST_LINES=()
 OLD_MANIFEST=
 [ -f "$R$MANIFEST" ] && OLD_MANIFEST=$(cat "$R$MANIFEST")
+# The package's postinst over an install.sh install (same manifest): the binary, man page and entries
+# that install listed would be forgotten, never removed. One or the other.
+if [ $INSTALLED = 1 ] && grep -q "^file .*/bin/$NAME\$" <<< "$OLD_MANIFEST"; then
+    die "$(awk '$1 == "file" && $2 ~ /\/bin\/'"$NAME"'$/ { print $2; exit }' <<< "$OLD_MANIFEST") was installed by install.sh ($MANIFEST): remove that install first (install.sh --uninstall), then configure the package again (dpkg --configure -a)"
+fi
 record() { MANIFEST_LINES+=("$1 $2"); }
 mkdirs() {  # mkdir -p, remembering each directory it created
     local d=$1 missing=()
@@ -1054,6 +1283,7 @@ ARMED=1
 trap rollback ERR
 
 dest=$BINDIR/$NAME
+if [ $INSTALLED = 0 ]; then
 mkdirs "$BINDIR"
 [ -e "$R$dest" ] || CREATED+=("$R$dest")
 cmp -s "$BINARY" "$R$dest" || stash "$R$dest"
@@ -1063,6 +1293,7 @@ else
     install -C -m 0755 "$BINARY" "$R$dest"
 fi
 record file "$dest"
+fi
 
 # --- man page and shell completions, generated by the binary from its own option definitions ------------
 SHARE=$(dirname "$BINDIR")/share
@@ -1075,6 +1306,8 @@ install_doc() {  # install_doc PATH ARGS...: writes the binary's output for ARGS
     printf '%s\n' "$text" | put "$R$path" 644
     record file "$path"
 }
+# --installed: the package ships these, and its sysusers.d/tmpfiles.d entries under /usr/lib.
+if [ $INSTALLED = 0 ]; then
 install_doc "$SHARE/man/man8/$NAME.8" man
 install_doc "$SHARE/bash-completion/completions/$NAME" completions bash
 install_doc "$SHARE/zsh/site-functions/_$NAME" completions zsh
@@ -1088,6 +1321,7 @@ mkdirs /etc/tmpfiles.d
 [ -e "$R$TMPFILES" ] || CREATED+=("$R$TMPFILES")
 printf 'd %s 0700 %s %s -\n' "$CACHE_DIR" "$SVC_USER" "$SVC_USER" | put "$R$TMPFILES" 644
 record file "$TMPFILES"
+fi
 
 nologin=/usr/sbin/nologin; [ -x "$R$nologin" ] || nologin=/sbin/nologin
 if ! user_exists; then

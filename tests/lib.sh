@@ -71,3 +71,97 @@ image_files() {
 ./var/lib/iam-authorized-keys/iam-authorized-keys.manifest
 LIST
 }
+
+# --- real Debian trees (images, packages tiers) -----------------------------------------------------------
+# They set CACHE (target/images), W (work dir), DEF (default account), IAMU (IAM user), SSHD_PID.
+
+# tree NAME SUITE PACKAGES: the cached tree, built when missing.
+tree() {
+    [ -x "$CACHE/$1/usr/sbin/sshd" ] && return 0
+    # The Debian mirror this machine's apt uses (debootstrap's own default otherwise).
+    local MIRROR
+    MIRROR=$(awk '/^URIs:/ && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    echo "building a $2 tree with debootstrap (cached in $CACHE/$1)"
+    rm -rf --one-file-system "$CACHE/$1.tmp"
+    # shellcheck disable=SC2086  # MIRROR: one word or none
+    debootstrap --variant=minbase --include="$3" "$2" "$CACHE/$1.tmp" $MIRROR > "$CACHE/$1.log" 2>&1 ||
+        fail "debootstrap $2: $(tail -5 "$CACHE/$1.log")"
+    mv "$CACHE/$1.tmp" "$CACHE/$1"
+}
+
+# fresh NAME: T = a scratch copy of the cached tree (its root 0755: the command user walks it).
+fresh() {
+    T=$W/$1
+    rm -rf --one-file-system "$T"
+    cp -a "$CACHE/$1" "$T"
+    chmod 0755 "$T"
+    install -d -m 0755 "$T/run/sshd"   # sshd's privilege separation directory, made at boot
+}
+
+# tT [sshd -T args]: the tree's own sshd's effective configuration, into $W/T.
+tT() { chroot "$T" /usr/sbin/sshd -T -o HostKey=/etc/ssh/ssh_host_ed25519_key "$@" > "$W/T" 2> "$W/T.err" || fail "sshd -T in $T: $(cat "$W/T.err")"; }
+
+snapshot() {  # snapshot DIR [PATH...]: every path with type, mode, numeric owner, size, and content hashes;
+              # the account files' backups (passwd- ..., rewritten by useradd/userdel) and PATHs (./var/log
+              # ...) left out
+    local d=$1 p; shift
+    local -a prune=(-path ./proc -o -path './etc/*-')
+    for p in "$@"; do prune+=(-o -path "$p"); done
+    (cd "$d" && find . \( "${prune[@]}" \) -prune -o -printf '%p %y %m %U %G %s\n' | sort &&
+        find . \( "${prune[@]}" \) -prune -o -type f -print0 | xargs -0 sha256sum | sort)
+}
+
+# cloud_default NAME: a cloud-init config naming NAME as the default user, and that account with a key.
+cloud_default() {
+    mkdir -p "$T/etc/cloud"
+    printf 'users:\n  - default\nsystem_info:\n  distro: debian\n  default_user:\n    name: %s\n    shell: /bin/bash\n' "$1" > "$T/etc/cloud/cloud.cfg"
+    chroot "$T" useradd --create-home --shell /bin/sh "$1"
+    chroot "$T" usermod -p '*' "$1"   # no password, not locked ('!' is locked with UsePAM no)
+    rm -f "$W/launch" "$W/launch.pub"
+    ssh-keygen -q -t ed25519 -N '' -C launch -f "$W/launch"
+    # Lookups never leave this machine (no instance metadata, no AWS): a credentials file and the
+    # emulator as IAM endpoint, passed to install.sh as LOOKUP.
+    # 0600 root here; login_test lends it to the command user's group (a world-readable one is refused).
+    printf '[default]\naws_access_key_id = test\naws_secret_access_key = test\n' > "$T/etc/iak-test-credentials"
+    chmod 0600 "$T/etc/iak-test-credentials"
+    install -d -m 0700 "$T/home/$1/.ssh"
+    install -m 0600 "$W/launch.pub" "$T/home/$1/.ssh/authorized_keys"
+    chroot "$T" chown -R "$1:" "/home/$1/.ssh"
+}
+
+# login_test WHAT: the tree's own sshd on a loopback port (in the tree; it shares this loopback) logs the
+# default account in with its key and an IAM user with its IAM key; refuses the default account to an IAM
+# user of the same name, and another account's authorized_keys file.
+login_test() {
+    local u
+    chroot "$T" chgrp iam-authorized-keys /etc/iak-test-credentials
+    chmod 0640 "$T/etc/iak-test-credentials"
+    for u in other "$IAMU"; do
+        chroot "$T" useradd --create-home --shell /bin/sh "$u"
+        chroot "$T" usermod -p '*' "$u"
+    done
+    install -d -m 0700 "$T/home/other/.ssh"
+    install -m 0600 "$W/launch.pub" "$T/home/other/.ssh/authorized_keys"
+    chroot "$T" chown -R other: /home/other/.ssh
+    PORT=$(free_port)
+    chroot "$T" /usr/sbin/sshd -D -p "$PORT" -o ListenAddress=127.0.0.1 -o UsePAM=no \
+        -o PidFile=/run/iak-test-sshd.pid -E /run/iak-test-sshd.log 2>>"$W/sshd.stderr" &
+    SSHD_PID=$!
+    wait_port "$PORT" || fail "$1: the tree's sshd did not start: $(cat "$T/run/iak-test-sshd.log")"
+    ssh_login "$W/iamkey" "$IAMU" || fail "$1: IAM user $IAMU could not log in with its IAM key: $(tail -5 "$T/run/iak-test-sshd.log")"
+    ssh_login "$W/launch" "$DEF" || fail "$1: the default account could not log in with its key: $(tail -5 "$T/run/iak-test-sshd.log")"
+    ! ssh_login "$W/defiam" "$DEF" || fail "$1: an IAM user named like the default account logged in as it"
+    ! ssh_login "$W/launch" other || fail "$1: another account's authorized_keys counted (AuthorizedKeysFile none expected)"
+    if [ -n "${CHAINED_USER:-}" ]; then
+        ssh_login "$W/chainkey" "$CHAINED_USER" ||
+            fail "$1: $CHAINED_USER could not log in with the chained command's key: $(tail -5 "$T/run/iak-test-sshd.log")"
+        ssh_login "$W/iamkey" "$IAMU" || fail "$1: the IAM user no longer logs in beside the chained command"
+    fi
+    kill "$SSHD_PID"; wait "$SSHD_PID" 2>/dev/null || true; SSHD_PID=
+    chroot "$T" chgrp root /etc/iak-test-credentials
+    chmod 0600 "$T/etc/iak-test-credentials"
+    rm -f "$T/run/iak-test-sshd.pid" "$T/run/iak-test-sshd.log"
+    rm -rf "$T/var/cache/iam-authorized-keys/"*   # records of this test; uninstall compares the tree
+    for u in other "$IAMU"; do chroot "$T" userdel --remove "$u" 2>/dev/null; done
+}
+

@@ -10,6 +10,8 @@
 #   install:     install.sh into sandbox trees (tests/install_test.sh)
 #   images:      install.sh into real Debian 12 and 13 trees (debootstrap, cached under target/images),
 #                judged by each tree's own sshd, real logins on loopback (tests/images_test.sh)
+#   packages:    install.sh --package FILE.deb: contents, then apt-get install ./FILE.deb inside those trees
+#                (upgrade keeps the conffile, logins, dpkg -r, dpkg --purge restores) (tests/packages_test.sh)
 #   examples:    examples/ (Image Builder, Packer, cloud-init, Butane) run into image trees
 #   audit:       events read back from a private systemd-journald (tests/audit_test.sh)
 #   e2e:         a private sshd on loopback set up by install.sh; real ssh logins (tests/e2e.sh)
@@ -27,7 +29,7 @@ step() { echo; echo "=== $* ==="; }
 step "prerequisites"
 [ "$(id -u)" = 0 ] || fail "tests/run.sh needs root (apt packages, local users, a private sshd)"
 need_pkgs=()
-for p in openssh-server openssh-client musl-tools python3-venv file openssl curl systemd sudo debootstrap iproute2; do
+for p in openssh-server openssh-client musl-tools python3-venv file openssl curl systemd sudo debootstrap iproute2 dpkg util-linux; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -87,6 +89,9 @@ tests/install_test.sh "$BIN"
 
 step "install.sh on real Debian 12 and 13 trees"
 tests/images_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"
+
+step "the Debian package on real Debian 12 and 13 trees"
+tests/packages_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"
 
 step "image-pipeline examples"
 tests/examples_test.sh "$BIN" "$VENV/bin/python"

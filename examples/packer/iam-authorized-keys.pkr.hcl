@@ -4,6 +4,11 @@
 # install.sh keeps the AMI's default account (cloud-init's default_user) on its launch key pair, and
 # chains another AuthorizedKeysCommand in effect (EC2 Instance Connect on Ubuntu/Amazon Linux AMIs), so
 # its logins keep working: put --replace-other-command into iak_flags to replace it instead.
+#
+# On Debian/Ubuntu AMIs the Debian package does the same through apt (./install.sh --package
+# iam-authorized-keys_VERSION_amd64.deb; settings in the conffile /etc/iam-authorized-keys/config):
+# a file provisioner copies the .deb to /tmp/iak.deb, and the shell provisioner's inline steps become
+# `apt-get install -y /tmp/iak.deb` and `rm -f /tmp/iak.deb`.
 
 variable "iak_tarball" {
   type    = string
