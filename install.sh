@@ -510,6 +510,41 @@ show_unit() {
     for a in "${UNIT_OPTS[@]}"; do echo "option $a"; done
 }
 
+# sync_service_unit EXECSTART / sync_timer_unit: the sync-users service and timer, for the live install
+# (--with-sync) and the package alike.
+sync_service_unit() {
+    cat <<UNIT
+[Unit]
+Description=Local accounts for IAM group members (iam-authorized-keys sync-users)
+Documentation=man:iam-authorized-keys(8)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart=$1
+PrivateTmp=yes
+NoNewPrivileges=yes
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+TimeoutStartSec=15min
+UNIT
+}
+sync_timer_unit() {
+    cat <<UNIT
+[Unit]
+Description=Run iam-authorized-keys sync-users at boot and every 10 minutes
+
+[Timer]
+OnBootSec=1min
+OnUnitActiveSec=10min
+RandomizedDelaySec=2min
+
+[Install]
+WantedBy=timers.target
+UNIT
+}
+
 # --- what sshd will run: the configuration files ---------------------------------------------------------
 # For an image tree (--root) the tree's config is copied into a scratch directory with every Include
 # rewritten to the copy (globs expanded inside the tree, symlinks resolved inside the tree), so this
@@ -1075,34 +1110,8 @@ write_deb() {
     "$BINARY" completions zsh > "$d/usr/share/zsh/vendor-completions/_$NAME"
     printf 'u %s - "iam-authorized-keys lookup (AuthorizedKeysCommandUser)" /nonexistent /usr/sbin/nologin\n' "$NAME" > "$d/usr/lib/sysusers.d/$NAME.conf"
     printf 'd /var/cache/%s 0700 %s %s -\n' "$NAME" "$NAME" "$NAME" > "$d/usr/lib/tmpfiles.d/$NAME.conf"
-    cat > "$d/usr/lib/systemd/system/$NAME-sync.service" <<UNIT
-[Unit]
-Description=Local accounts for IAM group members (iam-authorized-keys sync-users)
-Documentation=man:iam-authorized-keys(8)
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=oneshot
-ExecStart=/usr/bin/$NAME sync-users --config /etc/$NAME/config
-PrivateTmp=yes
-NoNewPrivileges=yes
-ProtectKernelTunables=yes
-ProtectControlGroups=yes
-TimeoutStartSec=15min
-UNIT
-    cat > "$d/usr/lib/systemd/system/$NAME-sync.timer" <<UNIT
-[Unit]
-Description=Run iam-authorized-keys sync-users at boot and every 10 minutes
-
-[Timer]
-OnBootSec=1min
-OnUnitActiveSec=10min
-RandomizedDelaySec=2min
-
-[Install]
-WantedBy=timers.target
-UNIT
+    sync_service_unit "/usr/bin/$NAME sync-users --config /etc/$NAME/config" > "$d/usr/lib/systemd/system/$NAME-sync.service"
+    sync_timer_unit > "$d/usr/lib/systemd/system/$NAME-sync.timer"
     for f in "$SRC_DIR"/examples/iam/*.json; do install -m 0644 "$f" "$d/usr/share/doc/$NAME/"; done
     [ -f "$SRC_DIR/README.md" ] && gzip -9n < "$SRC_DIR/README.md" > "$d/usr/share/doc/$NAME/README.md.gz"
     printf 'License: Apache-2.0\nOn Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.\n' > "$d/usr/share/doc/$NAME/copyright"
@@ -1442,34 +1451,8 @@ if [ $WITH_SYNC = 1 ]; then
     for f in "$SYNC_UNIT.service" "$SYNC_UNIT.timer"; do
         [ -e "$R/etc/systemd/system/$f" ] || CREATED+=("$R/etc/systemd/system/$f")
     done
-    cat <<UNIT | put "$R/etc/systemd/system/$SYNC_UNIT.service" 644
-[Unit]
-Description=Local accounts for IAM group members (iam-authorized-keys sync-users)
-Documentation=man:iam-authorized-keys(8)
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=oneshot
-ExecStart=$sync_line
-PrivateTmp=yes
-NoNewPrivileges=yes
-ProtectKernelTunables=yes
-ProtectControlGroups=yes
-TimeoutStartSec=15min
-UNIT
-    cat <<UNIT | put "$R/etc/systemd/system/$SYNC_UNIT.timer" 644
-[Unit]
-Description=Run iam-authorized-keys sync-users at boot and every 10 minutes
-
-[Timer]
-OnBootSec=1min
-OnUnitActiveSec=10min
-RandomizedDelaySec=2min
-
-[Install]
-WantedBy=timers.target
-UNIT
+    sync_service_unit "$sync_line" | put "$R/etc/systemd/system/$SYNC_UNIT.service" 644
+    sync_timer_unit | put "$R/etc/systemd/system/$SYNC_UNIT.timer" 644
     link=/etc/systemd/system/timers.target.wants/$SYNC_UNIT.timer
     if [ ! -L "$R$link" ]; then
         CREATED+=("$R$link")
