@@ -3,7 +3,7 @@
 //! Imports point one way: `lib -> app -> cmd/* -> lookup -> iam, cache, policy, ...`; no module of the
 //! lookup core imports a command or `app` (`tests/layout.rs` checks it).
 //! - `app`: dispatch; `lookup`: the decision; `audit`: the audit event of a lookup
-//! - `cmd`: the admin commands (doctor, cache, sync-users, map, docs)
+//! - `cmd`: the admin commands (doctor, cache, sync-users, map, docs; sshd_unit for doctor)
 //! - `cli` (clap definitions), `fastargs` (choosing the parser), `config` (checked options)
 //! - `credentials`: the host's AWS credentials and region (chain, IMDS under the deadline)
 //! - `username`, `policy`, `keys`, `keyopts`, `iam`, `cache`, `fsutil`, `output`, `log`, `error`
