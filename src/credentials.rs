@@ -119,16 +119,7 @@ impl HttpConnector for WatchedConnector {
 
 /// An error and its sources in one line.
 pub fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !msg.ends_with(&text) {
-            msg = format!("{msg}: {text}");
-        }
-        src = s.source();
-    }
-    msg
+    crate::error::with_sources(e.to_string(), e.source(), str::to_string)
 }
 
 /// The IMDS client for this lookup: the SDK's default endpoint (169.254.169.254, or what

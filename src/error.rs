@@ -81,3 +81,21 @@ impl Error {
         })
     }
 }
+
+/// `msg`, then the text of each error in the chain from `src`, `: `-separated, each through `show`; a
+/// text already at the end of the message, or the bare `other` some transports put in, is left out.
+/// The one walk over `Error::source` for messages (SDK errors, credential errors).
+pub fn with_sources(
+    mut msg: String,
+    mut src: Option<&(dyn std::error::Error + 'static)>,
+    show: fn(&str) -> String,
+) -> String {
+    while let Some(s) = src {
+        let text = show(&s.to_string());
+        if text != "other" && !msg.ends_with(&text) {
+            msg = format!("{msg}: {text}");
+        }
+        src = s.source();
+    }
+    msg
+}

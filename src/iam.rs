@@ -16,7 +16,7 @@ use aws_sdk_iam::Client;
 use crate::cache::{Outcome, ServedKey};
 use crate::config::Config;
 use crate::credentials;
-use crate::error::Error;
+use crate::error::{with_sources, Error};
 use crate::keys;
 use crate::username::IamUser;
 
@@ -373,41 +373,22 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkErro
             )
         }
         SdkError::TimeoutError(_) => "request timed out".to_string(),
-        SdkError::DispatchFailure(e) => {
-            let mut msg = "could not reach IAM".to_string();
-            if let Some(c) = e.as_connector_error() {
-                let mut src: Option<&(dyn std::error::Error + 'static)> = Some(c);
-                while let Some(s) = src {
-                    let text = s.to_string();
-                    if text != "other" && !msg.ends_with(&text) {
-                        msg = format!("{msg}: {text}");
-                    }
-                    src = s.source();
-                }
-            }
-            msg
-        }
-        SdkError::ResponseError(_) => {
-            let mut msg = "IAM's response could not be read".to_string();
-            let mut src = std::error::Error::source(err);
-            while let Some(s) = src {
-                let text = s.to_string();
-                if !msg.ends_with(&text) {
-                    msg = format!("{msg}: {}", crate::username::sanitize(&text));
-                }
-                src = s.source();
-            }
-            msg
-        }
-        other => {
-            let mut msg = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(s) = src {
-                msg = format!("{msg}: {s}");
-                src = s.source();
-            }
-            msg
-        }
+        SdkError::DispatchFailure(e) => with_sources(
+            "could not reach IAM".to_string(),
+            e.as_connector_error()
+                .map(|c| c as &(dyn std::error::Error + 'static)),
+            str::to_string,
+        ),
+        SdkError::ResponseError(_) => with_sources(
+            "IAM's response could not be read".to_string(),
+            std::error::Error::source(err),
+            crate::username::sanitize,
+        ),
+        other => with_sources(
+            other.to_string(),
+            std::error::Error::source(other),
+            str::to_string,
+        ),
     }
 }
 
