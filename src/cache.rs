@@ -47,6 +47,52 @@ pub struct Record {
     /// The user's IAM groups, when the group rule asked for them (`None`: not asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<String>>,
+    /// The instance tag that named the allowed groups when this answer was made (`--allowed-groups-tag`),
+    /// and what it said then: re-read with every IAM answer, so a tag change takes effect within the TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<GroupsTag>,
+}
+
+/// An instance tag's key and the IAM groups its value listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsTag {
+    pub key: String,
+    pub groups: Vec<String>,
+}
+
+/// An instance tag key as instance metadata shows it: 1-128 letters, digits and `+-=.,_:@`, not `.`,
+/// `..` or `_index` (EC2 keeps other keys out of instance metadata).
+pub fn valid_tag_key(key: &str) -> bool {
+    (1..=128).contains(&key.len())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-=.,_:@".contains(c))
+        && !matches!(key, "." | ".." | "_index")
+}
+
+/// A tag value as a list of IAM groups: comma-separated names, blanks around them ignored. An empty
+/// list or an entry that is not an IAM group name is an error naming it.
+pub fn parse_groups_tag(value: &str) -> Result<Vec<String>, String> {
+    let mut groups: Vec<String> = Vec::new();
+    for entry in value.split(',').map(str::trim) {
+        if entry.is_empty() {
+            continue;
+        }
+        if !valid_group(entry) {
+            return Err(format!(
+                "{:?} is not an IAM group name (1-128 letters, digits and _+=.@-)",
+                crate::username::sanitize(entry)
+            ));
+        }
+        if !groups.iter().any(|g| g.eq_ignore_ascii_case(entry)) {
+            groups.push(entry.to_string());
+        }
+    }
+    if groups.is_empty() {
+        return Err("lists no IAM group".to_string());
+    }
+    Ok(groups)
 }
 
 impl Record {
@@ -119,7 +165,24 @@ pub fn parse(bytes: &[u8], user: &IamUser) -> Result<Loaded, String> {
     if record.outcome == Outcome::NotInAllowedGroup && record.groups.is_none() {
         return Err("refuses the user by group without naming the groups".to_string());
     }
-    if let Some(g) = record.groups.iter().flatten().find(|g| !valid_group(g)) {
+    if let Some(t) = &record.tag {
+        if !valid_tag_key(&t.key) || t.groups.is_empty() {
+            return Err("holds an invalid instance tag rule".to_string());
+        }
+        if record.outcome != Outcome::NoSuchUser && record.groups.is_none() {
+            return Err(
+                "was made under an instance tag rule without naming the groups".to_string(),
+            );
+        }
+    }
+    let tag_groups = record.tag.iter().flat_map(|t| t.groups.iter());
+    if let Some(g) = record
+        .groups
+        .iter()
+        .flatten()
+        .chain(tag_groups)
+        .find(|g| !valid_group(g))
+    {
         return Err(format!(
             "holds an invalid group name {:?}",
             crate::username::sanitize(g)
@@ -310,6 +373,7 @@ mod tests {
                 uploaded: Some("2026-01-01T00:00:00Z".into()),
             }],
             groups: Some(vec!["ssh-users".into()]),
+            tag: None,
         }
     }
 
@@ -365,6 +429,73 @@ mod tests {
         for (text, want) in cases {
             let err = parse(text.as_bytes(), &user()).expect_err(text);
             assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn records_made_under_a_groups_tag() {
+        let mut r = record();
+        r.tag = Some(GroupsTag {
+            key: "ssh-groups".into(),
+            groups: vec!["ssh-users".into(), "admins".into()],
+        });
+        let good = serde_json::to_vec(&r).expect("encode");
+        assert_eq!(parse(&good, &user()).expect("parse").record, r);
+        let mut bad = r.clone();
+        bad.tag.as_mut().expect("tag").key = "a/b".into();
+        let mut empty = r.clone();
+        empty.tag.as_mut().expect("tag").groups.clear();
+        let mut no_groups = r.clone();
+        no_groups.groups = None;
+        let mut bad_group = r.clone();
+        bad_group.tag.as_mut().expect("tag").groups = vec!["x y".into()];
+        for (rec, want) in [
+            (bad, "invalid instance tag rule"),
+            (empty, "invalid instance tag rule"),
+            (no_groups, "without naming the groups"),
+            (bad_group, "invalid group name"),
+        ] {
+            let text = serde_json::to_vec(&rec).expect("encode");
+            let err = parse(&text, &user()).expect_err(want);
+            assert!(err.contains(want), "{err}");
+        }
+        let extra = String::from_utf8(good)
+            .expect("utf8")
+            .replace("\"key\":\"ssh-groups\"", "\"key\":\"ssh-groups\",\"x\":1");
+        assert!(parse(extra.as_bytes(), &user()).is_err());
+    }
+
+    #[test]
+    fn groups_tag_values_and_keys() {
+        let ok = |v: &str| parse_groups_tag(v).expect(v);
+        assert_eq!(ok("ssh-users"), ["ssh-users"]);
+        assert_eq!(ok(" a , b,,c "), ["a", "b", "c"]);
+        assert_eq!(ok("Admins,admins,b"), ["Admins", "b"]);
+        for (v, want) in [
+            ("", "lists no IAM group"),
+            (" , ,", "lists no IAM group"),
+            ("a b", "not an IAM group name"),
+            ("a;b", "not an IAM group name"),
+            ("a,\u{1b}[31m", "not an IAM group name"),
+        ] {
+            let err = parse_groups_tag(v).expect_err(v);
+            assert!(err.contains(want), "{v:?}: {err}");
+        }
+        for k in ["ssh-groups", "Team:Role", "a.b_c=d+e@f,g", &"k".repeat(128)] {
+            assert!(valid_tag_key(k), "{k}");
+        }
+        for k in [
+            "",
+            ".",
+            "..",
+            "_index",
+            "a/b",
+            "a b",
+            "a?b",
+            &"k".repeat(129),
+            "é",
+        ] {
+            assert!(!valid_tag_key(k), "{k}");
         }
     }
 

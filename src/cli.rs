@@ -112,9 +112,18 @@ pub struct SyncArgs {
     #[arg(long, value_name = "GROUP")]
     pub group: Vec<String>,
 
+    /// Instance tag listing the IAM groups whose members get accounts (comma-separated) [default: the
+    /// --allowed-groups-tag value].
+    #[arg(long, value_name = "KEY")]
+    pub group_tag: Option<String>,
+
     /// IAM group whose members (with an account from --group) get sudo (repeatable).
     #[arg(long, value_name = "GROUP")]
     pub sudo_group: Vec<String>,
+
+    /// Instance tag listing the IAM groups whose members get sudo (comma-separated).
+    #[arg(long, value_name = "KEY")]
+    pub sudo_group_tag: Option<String>,
 
     /// Report what would change; change nothing.
     #[arg(long)]
@@ -252,6 +261,11 @@ pub struct Opts {
     /// Serve only IAM users in at least one of these IAM groups (repeatable).
     #[arg(long, value_name = "GROUP", global = true)]
     pub allowed_group: Vec<String>,
+
+    /// Serve only IAM users in one of the IAM groups this instance tag lists (comma-separated), read
+    /// from instance metadata (tags/instance/KEY) with each IAM answer and cached with it.
+    #[arg(long, value_name = "KEY", global = true)]
+    pub allowed_groups_tag: Option<String>,
 
     /// How upper case in IAM names appears in Linux names: fold (lower case, default) or preserve.
     #[arg(long, value_name = "POLICY", global = true)]

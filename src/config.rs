@@ -50,6 +50,8 @@ pub struct Config {
     pub uid: Option<u32>,
     /// Empty: every IAM user may be served.
     pub allowed_groups: Vec<String>,
+    /// The instance tag whose value lists the allowed IAM groups (exclusive with `allowed_groups`).
+    pub allowed_groups_tag: Option<String>,
     pub key_options: Option<KeyOptions>,
     pub key_expiry: bool,
     /// The command in effect before ours, run beside the lookup.
@@ -161,6 +163,7 @@ const FILE_KEYS: &[&str] = &[
     "assume-role",
     "external-id",
     "allowed-group",
+    "allowed-groups-tag",
     "name-case",
     "min-uid",
     "max-uid",
@@ -327,6 +330,19 @@ fn check_account_name(opt: &str, name: &str) -> Result<String, Error> {
         Err(Error::Config(format!(
             "--{opt} {:?} is not an account name",
             crate::username::sanitize(name)
+        )))
+    }
+}
+
+/// An instance tag key as instance metadata exposes it (1-128 letters, digits and `+-=.,_:@`, not `.`,
+/// `..` or `_index`): keys with other characters are never in instance metadata.
+pub fn check_tag_key(option: &str, key: &str) -> Result<String, Error> {
+    if crate::cache::valid_tag_key(key) {
+        Ok(key.to_string())
+    } else {
+        Err(Error::Config(format!(
+            "--{option} {:?} is not an instance tag key instance metadata can show (1-128 letters, digits and +-=.,_:@; not . .. or _index)",
+            crate::username::sanitize(key)
         )))
     }
 }
@@ -502,7 +518,16 @@ impl Config {
         let allowed_groups = list(&cli.allowed_group, "allowed-group")
             .iter()
             .map(|g| check_group(g))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let allowed_groups_tag = pick(&cli.allowed_groups_tag, "allowed-groups-tag")
+            .map(|k| check_tag_key("allowed-groups-tag", &k))
+            .transpose()?;
+        if allowed_groups_tag.is_some() && !allowed_groups.is_empty() {
+            return Err(Error::Config(
+                "--allowed-group and --allowed-groups-tag: choose one (the tag's value is the list of groups)"
+                    .into(),
+            ));
+        }
         let key_options = pick(&cli.key_options, "key-options")
             .map(|o| KeyOptions::parse(&o))
             .transpose()
@@ -564,6 +589,7 @@ impl Config {
             accounts,
             uid,
             allowed_groups,
+            allowed_groups_tag,
             key_options,
             key_expiry,
             chain,

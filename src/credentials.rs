@@ -47,6 +47,8 @@ pub struct Found {
     pub region_source: &'static str,
     /// What happened on the way, for `-vv` (IMDS requests with status and time, skipped steps).
     pub trace: Vec<String>,
+    /// The IMDS client of this lookup (its IMDSv2 token is reused), for instance tags.
+    pub imds: imds::Client,
 }
 
 /// One IMDS exchange as the HTTP layer saw it.
@@ -349,6 +351,75 @@ pub async fn resolve(
         region,
         region_source,
         trace,
+        imds,
+    })
+}
+
+/// The fix when instance metadata does not show instance tags.
+const ENABLE_TAGS: &str =
+    "aws ec2 modify-instance-metadata-options --instance-id ID --instance-metadata-tags enabled";
+
+/// Reads instance tag `key` (IMDS `tags/instance/KEY`) as a list of IAM groups, before `deadline`. A
+/// missing tag, instance metadata without tags, and a value that lists no valid group are settled
+/// answers (fail closed, no stale answer); an IMDS that does not answer is not.
+pub async fn groups_tag(
+    imds: &imds::Client,
+    key: &str,
+    option: &str,
+    deadline: Instant,
+) -> Result<crate::cache::GroupsTag, Error> {
+    use aws_config::imds::client::error::ImdsError;
+    let unsettled = |cause: String| {
+        Error::InstanceTag {
+        cause,
+        fix: "check that instance metadata answers (curl -H 'X-aws-ec2-metadata-token: ...' http://169.254.169.254/latest/meta-data/tags/instance/), or raise --timeout".into(),
+        settled: false,
+    }
+    };
+    let get = |path: String| async move {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, imds.get(&path)).await {
+            Ok(Ok(v)) => Ok(Some(v.as_ref().to_string())),
+            Ok(Err(ImdsError::ErrorResponse(r))) if r.response().status().as_u16() == 404 => {
+                Ok(None)
+            }
+            Ok(Err(e)) => Err(format!("IMDS {path}: {}", short(&chain_text(&e)))),
+            Err(_) => Err(format!("IMDS {path}: no answer before the deadline")),
+        }
+    };
+    let value = match get(format!("/latest/meta-data/tags/instance/{key}")).await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            // Which 404: no such tag, or no tags in instance metadata at all?
+            let enabled = get("/latest/meta-data/tags/instance".to_string()).await;
+            return Err(match enabled {
+                Ok(Some(_)) => Error::InstanceTag {
+                    cause: format!("this instance has no tag {key} ({option})"),
+                    fix: format!("aws ec2 create-tags --resources ID --tags 'Key={key},Value=GROUP1,GROUP2'"),
+                    settled: true,
+                },
+                Ok(None) => Error::InstanceTag {
+                    cause: format!("instance tags are not in instance metadata, so tag {key} ({option}) cannot be read"),
+                    fix: ENABLE_TAGS.into(),
+                    settled: true,
+                },
+                Err(e) => unsettled(e),
+            });
+        }
+        Err(e) => {
+            return Err(unsettled(format!(
+                "cannot read instance tag {key} ({option}): {e}"
+            )))
+        }
+    };
+    let groups = crate::cache::parse_groups_tag(&value).map_err(|why| Error::InstanceTag {
+        cause: format!("instance tag {key} ({option}) {why}"),
+        fix: format!("set it to IAM group names, comma-separated: aws ec2 create-tags --resources ID --tags 'Key={key},Value=GROUP1,GROUP2'"),
+        settled: true,
+    })?;
+    Ok(crate::cache::GroupsTag {
+        key: key.to_string(),
+        groups,
     })
 }
 

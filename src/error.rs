@@ -38,6 +38,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// The instance tag naming the allowed groups could not be read. `settled`: instance metadata
+    /// answered (no such tag, tags not enabled, a value that lists no group): the rule is known to be
+    /// unusable, and no stale answer is served.
+    #[error("{cause}; fix: {fix}")]
+    InstanceTag {
+        cause: String,
+        fix: String,
+        settled: bool,
+    },
+
     #[error("deadline of {0} ms reached before IAM answered")]
     Deadline(u128),
 
@@ -71,7 +81,10 @@ impl Error {
         ExitCode::from(match self {
             Error::InvalidUser { .. } | Error::NonUtf8User => 2,
             Error::Config(_) | Error::ConfigFile { .. } => 3,
-            Error::Iam(_) | Error::Credentials { .. } | Error::Deadline(_) => 4,
+            Error::Iam(_)
+            | Error::Credentials { .. }
+            | Error::InstanceTag { .. }
+            | Error::Deadline(_) => 4,
             Error::Io { .. }
             | Error::Unsafe { .. }
             | Error::Stdout(_)

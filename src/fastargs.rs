@@ -39,6 +39,10 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("external-id", Kind::Text(|o| &mut o.external_id)),
     ("ca-bundle", Kind::Path(|o| &mut o.ca_bundle)),
     ("allowed-group", Kind::List(|o| &mut o.allowed_group)),
+    (
+        "allowed-groups-tag",
+        Kind::Text(|o| &mut o.allowed_groups_tag),
+    ),
     ("name-case", Kind::Text(|o| &mut o.name_case)),
     ("min-uid", Kind::Text(|o| &mut o.min_uid)),
     ("max-uid", Kind::Text(|o| &mut o.max_uid)),

@@ -179,6 +179,8 @@ pub struct Connected {
     pub region_source: &'static str,
     /// Each step on the way, for `-vv`.
     pub trace: Vec<String>,
+    /// This lookup's IMDS client (instance tags).
+    pub imds: aws_config::imds::Client,
 }
 
 /// Loads the SDK configuration from our own settings (never from sshd's environment): the host's
@@ -342,6 +344,7 @@ pub async fn connect(cfg: &Config, budget: Duration) -> Result<Connected, Error>
         region: found.region,
         region_source: found.region_source,
         trace: found.trace,
+        imds: found.imds,
     })
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::cache::{self, Cache, Loaded, Outcome, Record, ServedKey};
+use crate::cache::{self, Cache, GroupsTag, Loaded, Outcome, Record, ServedKey};
 use crate::config::{Config, Freshness};
 use crate::error::Error;
 use crate::iam;
@@ -43,6 +43,8 @@ pub struct Answer {
     pub groups: Option<Vec<String>>,
     /// The group rule's verdict, when there is a group rule.
     pub group_verdict: Option<Verdict>,
+    /// Under `--allowed-groups-tag`: the tag and the groups it listed when this answer was made.
+    pub tag: Option<GroupsTag>,
 }
 
 impl Answer {
@@ -123,12 +125,19 @@ fn from_cache(l: Loaded, source: Source, age: u64) -> Answer {
         fetched_at: l.record.fetched_at,
         groups: l.record.groups,
         group_verdict: None,
+        tag: l.record.tag,
     }
 }
 
 /// Does a cached record answer the question the current configuration asks? A record fetched without the
 /// group rule says nothing about groups; a group refusal under a rule that has since changed is void.
-fn fits(record: &Record, allowed_groups: &[String]) -> bool {
+/// Under `--allowed-groups-tag` only a record made under the same tag does (it holds the tag's value then).
+fn fits(record: &Record, cfg: &Config) -> bool {
+    if let Some(key) = &cfg.allowed_groups_tag {
+        return record.outcome == Outcome::NoSuchUser
+            || record.tag.as_ref().is_some_and(|t| &t.key == key);
+    }
+    let allowed_groups = &cfg.allowed_groups;
     match (&record.outcome, &record.groups) {
         (Outcome::NoSuchUser, _) => true,
         (Outcome::Keys, None) => allowed_groups.is_empty(),
@@ -141,13 +150,26 @@ fn fits(record: &Record, allowed_groups: &[String]) -> bool {
     }
 }
 
-/// Applies the group rule to an answer from IAM or the cache: a refused user keeps no key.
-fn apply_groups(answer: &mut Answer, allowed_groups: &[String]) {
+/// Applies the group rule to an answer from IAM or the cache: a refused user keeps no key. Under
+/// `--allowed-groups-tag` the allowed groups are the ones the tag listed when the answer was made; an
+/// answer without them is refused.
+fn apply_groups(answer: &mut Answer, cfg: &Config) {
     if answer.outcome == Outcome::NoSuchUser {
         return;
     }
     let groups = answer.groups.clone().unwrap_or_default();
-    answer.group_verdict = policy::check_groups(allowed_groups, &groups);
+    answer.group_verdict = match (&cfg.allowed_groups_tag, &answer.tag) {
+        (None, _) => policy::check_groups(&cfg.allowed_groups, &groups),
+        (Some(key), Some(t)) if &t.key == key => {
+            policy::check_groups(&t.groups, &groups).map(|v| match v {
+                Verdict::Allowed(why) => Verdict::Allowed(format!("{why} (instance tag {key})")),
+                Verdict::Refused(why) => Verdict::Refused(format!("{why} (instance tag {key})")),
+            })
+        }
+        (Some(key), _) => Some(Verdict::Refused(format!(
+            "no value of instance tag {key} is known for this answer"
+        ))),
+    };
     if let Some(Verdict::Refused(_)) = answer.group_verdict {
         answer.keys.clear();
     }
@@ -182,7 +204,7 @@ pub fn decide(
         Verdict::Allowed(why) => log.debug(&format!("account rule: {why}")),
     }
     let mut answer = lookup(cfg, login, started + cfg.timeout, log)?;
-    apply_groups(&mut answer, &cfg.allowed_groups);
+    apply_groups(&mut answer, cfg);
     let decision = match &answer.group_verdict {
         Some(Verdict::Refused(why)) => format!("refused: {why}"),
         Some(Verdict::Allowed(why)) => format!("allowed: {why}"),
@@ -255,7 +277,7 @@ pub fn lookup(
     };
     let read = |c: &Cache| -> Option<Loaded> {
         match c.read(user) {
-            cache::Read::Hit(l) if !fits(&l.record, &cfg.allowed_groups) => {
+            cache::Read::Hit(l) if !fits(&l.record, cfg) => {
                 log.info("cached answer was made under another group rule; asking IAM");
                 None
             }
@@ -353,7 +375,7 @@ pub fn lookup(
         .map(|l| l.keys.iter().map(|k| (k.id.clone(), k.clone())).collect())
         .unwrap_or_default();
     match ask_iam(cfg, login, &known, deadline, log) {
-        Ok(mut fetched) => {
+        Ok((mut fetched, tag)) => {
             if let Some(why) = exact_name_rule(cfg.name_case, user, &mut fetched) {
                 log.warn_limited("name-case", user.as_str(), &why);
             }
@@ -371,6 +393,7 @@ pub fn lookup(
                 outcome: fetched.outcome.clone(),
                 keys: fetched.keys.iter().map(ServedKey::stored).collect(),
                 groups: fetched.groups.clone(),
+                tag: tag.clone(),
             };
             if let Some(c) = &cache {
                 if let Err(e) = c.store(&record) {
@@ -391,8 +414,11 @@ pub fn lookup(
                 fetched_at: record.fetched_at,
                 groups: fetched.groups,
                 group_verdict: None,
+                tag,
             })
         }
+        // Instance metadata answered that the tag rule cannot be met: fail closed, nothing stale.
+        Err(e @ Error::InstanceTag { settled: true, .. }) => Err(e),
         Err(e) => {
             if let Some(l) = &lock {
                 l.note_iam_failure(unix_millis());
@@ -445,14 +471,15 @@ fn take_lock(
     Ok(c.lock(user, deadline)?.map(|l| (l, true)))
 }
 
-/// The cold path: a one-thread runtime, the SDK, a hard deadline over all of it.
+/// The cold path: a one-thread runtime, the SDK, a hard deadline over all of it. Under
+/// `--allowed-groups-tag` the tag is read from instance metadata first; its groups are the rule.
 fn ask_iam(
     cfg: &Config,
     login: &LoginName,
     known: &HashMap<String, ServedKey>,
     deadline: Instant,
     log: &Log,
-) -> Result<iam::Fetched, Error> {
+) -> Result<(iam::Fetched, Option<GroupsTag>), Error> {
     let budget = deadline.saturating_duration_since(Instant::now());
     if budget < MIN_IAM_BUDGET {
         return Err(Error::Deadline(cfg.timeout.as_millis()));
@@ -462,7 +489,22 @@ fn ask_iam(
         for line in &c.trace {
             log.debug(line);
         }
-        iam::fetch(&c.client, login.iam_user(), known, &cfg.allowed_groups).await
+        let tag = match &cfg.allowed_groups_tag {
+            Some(key) => {
+                let t =
+                    crate::credentials::groups_tag(&c.imds, key, "--allowed-groups-tag", deadline)
+                        .await?;
+                log.info(&format!(
+                    "allowed IAM groups from instance tag {key}: {}",
+                    t.groups.join(", ")
+                ));
+                Some(t)
+            }
+            None => None,
+        };
+        let allowed = tag.as_ref().map_or(&cfg.allowed_groups[..], |t| &t.groups);
+        let fetched = iam::fetch(&c.client, login.iam_user(), known, allowed).await?;
+        Ok((fetched, tag))
     });
     // The one-line message names the cause; the whole story (each chain step, each IMDS request) is -vv.
     if let Err(Error::Credentials { detail, .. }) = &result {
@@ -576,6 +618,108 @@ mod tests {
         for (rec, fr, want) in cases {
             assert_eq!(judge(*rec, now, fr), *want, "{rec:?} {fr:?}");
         }
+    }
+
+    fn config(args: &[&str]) -> Config {
+        use clap::Parser;
+        let mut v = vec!["iak"];
+        v.extend_from_slice(args);
+        v.push("alice");
+        Config::build(
+            &crate::cli::Cli::try_parse_from(v).expect("cli").opts,
+            &crate::config::Env::default(),
+        )
+        .expect("config")
+    }
+
+    /// Under --allowed-groups-tag a cached answer is used only when it was made under the same tag, and
+    /// the groups the tag listed then are the rule; an answer without them is refused, never allowed.
+    #[test]
+    fn groups_tag_rule_on_cached_answers() {
+        let tagged = config(&["--allowed-groups-tag", "ssh-groups"]);
+        let other_tag = config(&["--allowed-groups-tag", "other"]);
+        let fixed = config(&["--allowed-group", "ops"]);
+        let none = config(&[]);
+        let tag = |groups: &[&str]| GroupsTag {
+            key: "ssh-groups".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        let record = |outcome: Outcome, groups: Option<&[&str]>, tag: Option<GroupsTag>| Record {
+            version: cache::FORMAT_VERSION,
+            iam_user: "alice".into(),
+            fetched_at: 1,
+            outcome,
+            keys: Vec::new(),
+            groups: groups.map(|g| g.iter().map(|x| x.to_string()).collect()),
+            tag,
+        };
+        let member = record(Outcome::Keys, Some(&["ops"]), Some(tag(&["ops", "dev"])));
+        let refused = record(
+            Outcome::NotInAllowedGroup,
+            Some(&["sales"]),
+            Some(tag(&["ops"])),
+        );
+        let untagged = record(Outcome::Keys, Some(&["ops"]), None);
+        let plain = record(Outcome::Keys, None, None);
+        let nobody = record(Outcome::NoSuchUser, None, None);
+        type Case<'a> = (&'a Record, &'a Config, bool);
+        let cases: &[Case] = &[
+            (&member, &tagged, true),
+            (&refused, &tagged, true),
+            (&member, &other_tag, false),
+            (&untagged, &tagged, false),
+            (&plain, &tagged, false),
+            (&nobody, &tagged, true),
+            (&member, &fixed, true),
+            (&plain, &none, true),
+            (&plain, &fixed, false),
+        ];
+        for (rec, cfg, want) in cases {
+            assert_eq!(
+                fits(rec, cfg),
+                *want,
+                "{rec:?} {:?}",
+                cfg.allowed_groups_tag
+            );
+        }
+
+        let key = crate::keys::canonicalize(include_str!("../tests/fixtures/ed25519.pub"))
+            .expect("fixture");
+        let answer = |groups: &[&str], tag: Option<GroupsTag>| Answer {
+            source: Source::Cache,
+            outcome: Outcome::Keys,
+            keys: vec![ServedKey {
+                id: "APKA1".into(),
+                key: key.clone(),
+                uploaded: None,
+            }],
+            refused: Vec::new(),
+            age_secs: 0,
+            iam_calls: 0,
+            fetched_at: 1,
+            groups: Some(groups.iter().map(|g| g.to_string()).collect()),
+            group_verdict: None,
+            tag,
+        };
+        let mut a = answer(&["dev"], Some(tag(&["ops", "dev"])));
+        apply_groups(&mut a, &tagged);
+        assert!(
+            matches!(&a.group_verdict, Some(Verdict::Allowed(w)) if w.contains("instance tag ssh-groups"))
+        );
+        assert_eq!(a.keys.len(), 1);
+        let mut a = answer(&["sales"], Some(tag(&["ops", "dev"])));
+        apply_groups(&mut a, &tagged);
+        assert!(matches!(&a.group_verdict, Some(Verdict::Refused(_))));
+        assert!(a.keys.is_empty());
+        // No tag value known (never produced by lookup, refused all the same).
+        let mut a = answer(&["ops"], None);
+        apply_groups(&mut a, &tagged);
+        assert!(matches!(&a.group_verdict, Some(Verdict::Refused(w)) if w.contains("no value")));
+        assert!(a.keys.is_empty());
+        // The static rule ignores the tag a record was made under.
+        let mut a = answer(&["ops"], Some(tag(&["dev"])));
+        apply_groups(&mut a, &fixed);
+        assert!(matches!(&a.group_verdict, Some(Verdict::Allowed(_))));
     }
 
     #[test]

@@ -179,6 +179,7 @@ pub fn render_json(
         "iam_calls": answer.iam_calls,
         "decision": decision,
         "groups": answer.groups,
+        "groups_tag": answer.tag,
         "options": options,
         "keys": keys,
         "rejected_keys": refused,

@@ -2,6 +2,7 @@
 
 usage: fake_imds.py imds ADDR PORT LOG [--mode normal|token403|norole|hang] [--delay SECONDS]
                                        [--region R] [--role NAME] [--expires-in SECONDS]
+                                       [--tags FILE] [--tags-status CODE]
        fake_imds.py relay PORT UPSTREAM_PORT LOG
 
 imds: PUT /latest/api/token (needs X-aws-ec2-metadata-token-ttl-seconds), then with the token
@@ -9,6 +10,10 @@ GET /latest/meta-data/iam/security-credentials/, .../<role>, /latest/meta-data/p
 Each request is appended to LOG as "METHOD PATH STATUS". --delay sleeps before every answer;
 --mode hang accepts connections and never answers; token403 refuses the token (IMDS disabled);
 norole answers 404 for the role list (no instance profile).
+Instance tags (GET /latest/meta-data/tags/instance[/KEY]) come from FILE, lines KEY=VALUE, read at
+each request so a test can change them; without FILE (or when it does not exist) tags are not in
+instance metadata (404, as on an instance without metadata tags). --tags-status answers every tags
+request with that HTTP status instead (a failing IMDS).
 
 relay: forwards every request to 127.0.0.1:UPSTREAM_PORT (moto) and appends the SigV4 credential
 scope of its Authorization header to LOG, so a test can see which region signed an IAM request.
@@ -36,6 +41,8 @@ def imds(addr, port, log, opts):
     region = opts.get("region", "eu-west-3")
     role = opts.get("role", "iak-host-role")
     expires_in = int(opts.get("expires-in", "3600"))
+    tags_file = opts.get("tags")
+    tags_status = int(opts.get("tags-status", "0"))
     lock = threading.Lock()
 
     class H(http.server.BaseHTTPRequestHandler):
@@ -73,6 +80,8 @@ def imds(addr, port, log, opts):
             base = "/latest/meta-data/iam/security-credentials/"
             if self.path == "/latest/meta-data/placement/region":
                 return self.answer(200, region.encode())
+            if self.path.startswith("/latest/meta-data/tags/instance"):
+                return self.tags()
             if self.path == base:
                 if mode == "norole":
                     return self.answer(404)
@@ -90,6 +99,22 @@ def imds(addr, port, log, opts):
                     "Expiration": exp.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 }
                 return self.answer(200, json.dumps(body).encode())
+            self.answer(404)
+
+        def tags(self):
+            if tags_status:
+                return self.answer(tags_status)
+            try:
+                with open(tags_file) as f:
+                    tags = dict(l.rstrip("\n").split("=", 1) for l in f if "=" in l)
+            except (TypeError, FileNotFoundError):
+                return self.answer(404)
+            rest = self.path[len("/latest/meta-data/tags/instance"):]
+            if rest in ("", "/"):
+                return self.answer(200, "\n".join(tags).encode())
+            key = rest[1:]
+            if key in tags:
+                return self.answer(200, tags[key].encode())
             self.answer(404)
 
     Server((addr, port), H).serve_forever()

@@ -140,6 +140,105 @@ served || fail "--region: rc=$RC err=$ERR"
 [ "$(count placement/region)" = 0 ] || fail "--region given, IMDS still asked: $(cat "$W/imds.log")"
 pass "--region us-west-2 wins over IMDS (3 IMDS requests, no placement/region)"
 
+# --- --allowed-groups-tag: the instance tag names the IAM groups; kept with the answer; fails closed ------
+nsx "$PY" "$HERE/iam_admin.py" "http://127.0.0.1:$MOTO" create-group ops
+nsx "$PY" "$HERE/iam_admin.py" "http://127.0.0.1:$MOTO" create-group dev
+nsx "$PY" "$HERE/iam_admin.py" "http://127.0.0.1:$MOTO" add-to-group ops "$U"
+install -d -m 0700 "$W/tcache"
+TAGS=$W/tags
+echo 'ssh-groups=dev, ops' >"$TAGS"
+imds --region eu-west-3 --tags "$TAGS"
+tagrun() { run --cache-dir "$W/tcache" --allowed-groups-tag ssh-groups --ttl 2 --negative-ttl 2 "$@"; }
+tagrun --json
+[ "$RC" = 0 ] && [[ $OUT == *'"result": "keys"'* && $OUT == *'"groups_tag"'* && $OUT == *'instance tag ssh-groups'* ]] \
+    || fail "groups tag: rc=$RC out=$OUT err=$ERR"
+[ "$(count 'GET /latest/meta-data/tags/instance/ssh-groups 200')" = 1 ] || fail "groups tag: tag not read once: $(cat "$W/imds.log")"
+n=$(wc -l <"$W/imds.log")
+[ "$n" = 5 ] || fail "groups tag: $n IMDS requests, want 5 (the token reused for the tag): $(cat "$W/imds.log")"
+"$PY" -c 'import json,sys; t=json.load(open(sys.argv[1]))["tag"]; sys.exit(t != {"key": "ssh-groups", "groups": ["dev", "ops"]})' "$W/tcache"/*.json || fail "groups tag: not kept with the record: $(cat "$W/tcache"/*.json)"
+tagrun
+served || fail "groups tag, warm: rc=$RC err=$ERR"
+[ "$(wc -l <"$W/imds.log")" = 5 ] || fail "groups tag: warm hit asked IMDS: $(cat "$W/imds.log")"
+pass "--allowed-groups-tag ssh-groups='dev, ops', user in ops: served (5 IMDS requests, token reused), tag kept with the record, warm hit 0 IMDS requests"
+
+echo 'ssh-groups=dev' >"$TAGS"
+tagrun
+served || fail "groups tag changed, within the TTL: rc=$RC err=$ERR"
+sleep 2.2
+tagrun -v
+[ "$RC" = 0 ] && [ -z "$OUT" ] && [[ $ERR == *"not in any allowed IAM group (dev)"*"instance tag ssh-groups"* ]] \
+    || fail "groups tag changed to dev: rc=$RC out=$OUT err=$ERR"
+pass "tag changed to 'dev': the cached answer is served until the TTL ends, then the user is refused (no key)"
+
+echo 'ssh-groups=ops' >"$TAGS"
+sleep 2.2
+tagrun
+served || fail "groups tag back to ops: rc=$RC err=$ERR"
+echo 'other=ops' >"$TAGS"
+sleep 2.2
+tagrun
+[ "$RC" = 4 ] && [ -z "$OUT" ] && [[ $ERR == *"no tag ssh-groups"*"create-tags"* ]] \
+    || fail "groups tag removed: rc=$RC out=$OUT err=$ERR"
+pass "tag removed: exit 4, nothing printed although a 2 s old answer is within --max-stale: $(echo "$ERR" | tail -n 1)"
+
+imds --region eu-west-3
+tagrun
+[ "$RC" = 4 ] && [ -z "$OUT" ] && [[ $ERR == *"not in instance metadata"*"--instance-metadata-tags enabled"* ]] \
+    || fail "tags disabled: rc=$RC out=$OUT err=$ERR"
+pass "instance metadata tags disabled: exit 4, nothing printed, names the fix: $(echo "$ERR" | tail -n 1)"
+
+echo 'ssh-groups=ops;rm -rf' >"$TAGS"
+imds --region eu-west-3 --tags "$TAGS"
+tagrun
+[ "$RC" = 4 ] && [ -z "$OUT" ] && [[ $ERR == *"not an IAM group name"* ]] || fail "bad tag value: rc=$RC out=$OUT err=$ERR"
+pass "a tag value that is not a list of IAM groups: exit 4, nothing printed"
+
+echo 'ssh-groups=ops' >"$TAGS"
+tagrun
+served || fail "groups tag ops again: rc=$RC err=$ERR"
+sleep 2.2
+imds --region eu-west-3 --tags "$TAGS" --tags-status 500
+tagrun --timeout 3 --max-stale 1h
+served || fail "tag read failing (HTTP 500): stale answer within max-stale not served: rc=$RC err=$ERR"
+[[ $ERR == *"serving cached answer"* ]] || fail "tag 500: no stale warning: $ERR"
+tagrun --timeout 3 --max-stale 1
+[ "$RC" = 4 ] && [ -z "$OUT" ] || fail "tag read failing past max-stale: rc=$RC out=$OUT err=$ERR"
+pass "tag read failing (IMDS HTTP 500): the cached answer served within --max-stale, exit 4 past it"
+
+# sync-users takes its groups and sudo groups from tags the same way (dry run: no account changes here).
+printf 'login=ops,dev\nadmins=ops\n' >"$TAGS"
+imds --region eu-west-3 --tags "$TAGS"
+set +e
+nsx env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin HOME=/nonexistent "$BIN" sync-users --dry-run --json \
+    --group-tag login --sudo-group-tag admins --endpoint-url "http://127.0.0.1:$RELAY" --cache-dir "$W/tcache" \
+    --journal-socket none --syslog-socket none >"$W/sync.json" 2>"$W/sync.err"
+rc=$?
+set -e
+grep -q '"key": "login"' "$W/sync.json" && grep -q '"key": "admins"' "$W/sync.json" \
+    && grep -q "\"$U\"" "$W/sync.json" || fail "sync-users with tags: rc=$rc $(cat "$W/sync.json" "$W/sync.err")"
+printf 'login=ops\n' >"$TAGS"
+set +e
+nsx env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin HOME=/nonexistent "$BIN" sync-users --dry-run --json \
+    --group-tag nosuch --endpoint-url "http://127.0.0.1:$RELAY" --journal-socket none --syslog-socket none \
+    >"$W/sync.json" 2>"$W/sync.err"
+rc=$?
+set -e
+[ "$rc" = 4 ] && grep -q "no tag nosuch (--group-tag)" "$W/sync.err" || fail "sync-users, missing tag: rc=$rc $(cat "$W/sync.json" "$W/sync.err")"
+doctor_tag() {
+    set +e
+    nsx env -i PATH=/usr/bin:/bin:/usr/sbin HOME=/nonexistent "$BIN" doctor --allowed-groups-tag "$1" "$U" \
+        --endpoint-url "http://127.0.0.1:$RELAY" --timeout 3 --journal-socket none --syslog-socket none >"$W/doctor" 2>&1
+    set -e
+}
+doctor_tag login
+grep -qE '^OK +groups tag: instance tag login allows IAM groups ops' "$W/doctor" && grep -qE '^OK +policy: member of allowed IAM group ops' "$W/doctor" \
+    || fail "doctor with a groups tag: $(cat "$W/doctor")"
+doctor_tag nosuch
+grep -qE '^FAIL +groups tag: this instance has no tag nosuch' "$W/doctor" && grep -qE '^FAIL +policy: refused' "$W/doctor" \
+    || fail "doctor with a missing groups tag: $(cat "$W/doctor")"
+pass "doctor reads the groups tag (OK with its groups, the user's policy from them); a missing tag is a FAIL with the fix"
+pass "sync-users --group-tag/--sudo-group-tag: groups from the tags (dry run); a missing groups tag ends the run (exit 4) before any change"
+
 # --- --proxy never applies to IMDS (the proxy here is a closed port: anything sent there fails) ---------
 imds
 run --no-cache --timeout 5 --proxy http://127.0.0.1:9 --no-proxy 127.0.0.1

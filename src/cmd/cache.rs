@@ -93,6 +93,7 @@ fn show(users: &[OsString], cfg: &Config) -> Result<(), Error> {
                         "source": "iam",
                         "outcome": l.record.outcome,
                         "groups": l.record.groups,
+                        "groups_tag": l.record.tag,
                         "keys": l.keys.iter().map(|k| json!({
                             "id": k.id,
                             "algorithm": k.key.algorithm(),
@@ -146,6 +147,19 @@ fn show(users: &[OsString], cfg: &Config) -> Result<(), Error> {
                     if let Some(g) = r["groups"].as_array() {
                         let g: Vec<&str> = g.iter().filter_map(|x| x.as_str()).collect();
                         s.push_str(&format!("  groups: {}\n", g.join(", ")));
+                    }
+                    if let Some(t) = r["groups_tag"].as_object() {
+                        let g: Vec<&str> = t["groups"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|x| x.as_str())
+                            .collect();
+                        s.push_str(&format!(
+                            "  allowed by instance tag {}: {}\n",
+                            t["key"].as_str().unwrap_or(""),
+                            g.join(", ")
+                        ));
                     }
                 }
             }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use serde_json::json;
@@ -440,14 +440,29 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
         match iam::connect(&cfg, budget).await {
             Ok(c) => {
                 let reach = iam::probe(&c.client).await;
-                Ok(Ok((c, reach)))
+                let tag = match &cfg.allowed_groups_tag {
+                    Some(key) => Some(
+                        credentials::groups_tag(
+                            &c.imds,
+                            key,
+                            "--allowed-groups-tag",
+                            Instant::now() + budget / 2,
+                        )
+                        .await,
+                    ),
+                    None => None,
+                };
+                Ok(Ok((c, reach, tag)))
             }
             Err(e) => Ok(Err(e)),
         }
     });
     // One root cause, one FAIL: without credentials IAM is not asked, so it is not reported unreachable.
+    // The allowed groups a lookup would apply: --allowed-group, or the instance tag's value (None: the
+    // tag could not be read, every IAM user is refused).
+    let mut allowed: Option<Vec<String>> = Some(cfg.allowed_groups.clone());
     let aws_ok = match probed {
-        Ok(Ok((c, reach))) => {
+        Ok(Ok((c, reach, tag))) => {
             for line in &c.trace {
                 log.debug(line);
             }
@@ -483,7 +498,7 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
             } else {
                 r.ok("credentials", format!("from {from}: {}", c.kind));
             }
-            match reach {
+            let reached = match reach {
                 Ok(()) => {
                     r.ok("IAM", "reachable; ListSSHPublicKeys allowed");
                     true
@@ -496,7 +511,30 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
                     );
                     false
                 }
+            };
+            match tag {
+                Some(Ok(t)) => {
+                    r.ok(
+                        "groups tag",
+                        format!(
+                            "instance tag {} allows IAM groups {} (re-read with each IAM answer, cached with it)",
+                            t.key,
+                            t.groups.join(", ")
+                        ),
+                    );
+                    allowed = Some(t.groups);
+                }
+                Some(Err(Error::InstanceTag { cause, fix, .. })) => {
+                    r.fail("groups tag", cause, fix);
+                    allowed = None;
+                }
+                Some(Err(e)) => {
+                    r.fail("groups tag", e.to_string(), "check instance metadata");
+                    allowed = None;
+                }
+                None => {}
             }
+            reached
         }
         Ok(Err(Error::Credentials { cause, fix, detail })) => {
             log.debug(&detail);
@@ -512,6 +550,9 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
                 },
             );
             r.fail("credentials", cause, fix);
+            if cfg.allowed_groups_tag.is_some() {
+                allowed = None;
+            }
             false
         }
         Ok(Err(e)) | Err(e) => {
@@ -525,7 +566,7 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
     };
 
     if let Some(login) = &user {
-        check_user(&mut r, &cfg, login, aws_ok);
+        check_user(&mut r, &cfg, login, aws_ok, allowed.as_deref());
     }
 
     let failed = r.0.iter().filter(|c| c.status == Status::Fail).count();
@@ -655,7 +696,14 @@ fn check_cache_dir(r: &mut Report, cfg: &Config, command_user: Option<&str>) {
     }
 }
 
-fn check_user(r: &mut Report, cfg: &Config, login: &LoginName, aws_ok: bool) {
+/// `allowed`: the group rule (empty: none); `None` when it is an instance tag that could not be read.
+fn check_user(
+    r: &mut Report,
+    cfg: &Config,
+    login: &LoginName,
+    aws_ok: bool,
+    allowed: Option<&[String]>,
+) {
     let iam_user = login.iam_user();
     r.ok(
         "mapping",
@@ -678,12 +726,23 @@ fn check_user(r: &mut Report, cfg: &Config, login: &LoginName, aws_ok: bool) {
     }
     // What IAM says now, bypassing the cache; not asked when the checks above already failed for it.
     let budget = cfg.timeout.max(Duration::from_secs(5));
+    if allowed.is_none() {
+        r.fail(
+            "policy",
+            format!(
+                "refused: the groups tag {} could not be read (see above)",
+                cfg.allowed_groups_tag.as_deref().unwrap_or("")
+            ),
+            "fix the groups tag check above",
+        );
+    }
+    let allowed = allowed.unwrap_or(&[]);
     let fetched = if !aws_ok {
         Ok(None)
     } else {
         lookup::with_runtime(cfg, budget, async {
             let client = iam::client(cfg, budget).await?;
-            iam::fetch(&client, iam_user, &HashMap::new(), &cfg.allowed_groups)
+            iam::fetch(&client, iam_user, &HashMap::new(), allowed)
                 .await
                 .map(Some)
         })
@@ -707,7 +766,7 @@ fn check_user(r: &mut Report, cfg: &Config, login: &LoginName, aws_ok: bool) {
                 ),
                 cache::Outcome::NotInAllowedGroup => r.fail(
                     "policy",
-                    match policy::check_groups(&cfg.allowed_groups, f.groups.as_deref().unwrap_or(&[])) {
+                    match policy::check_groups(allowed, f.groups.as_deref().unwrap_or(&[])) {
                         Some(Verdict::Refused(w)) => format!("refused: {w}"),
                         _ => "refused by the group rule".into(),
                     },
@@ -720,7 +779,7 @@ fn check_user(r: &mut Report, cfg: &Config, login: &LoginName, aws_ok: bool) {
                 ),
                 cache::Outcome::Keys => {
                     if let Some(g) = &f.groups {
-                        if let Some(Verdict::Allowed(w)) = policy::check_groups(&cfg.allowed_groups, g) {
+                        if let Some(Verdict::Allowed(w)) = policy::check_groups(allowed, g) {
                             r.ok("policy", w);
                         }
                     }

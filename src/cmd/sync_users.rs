@@ -13,8 +13,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::cache::GroupsTag;
 use crate::cli::SyncArgs;
-use crate::config::Config;
+use crate::config::{check_tag_key, Config};
 use crate::error::Error;
 use crate::log::Log;
 use crate::lookup;
@@ -138,6 +139,40 @@ struct Report {
     skipped: Vec<serde_json::Value>,
     errors: Vec<String>,
     removal_phase: &'static str,
+    /// Instance tags read for this run and the groups they listed.
+    tags: Vec<serde_json::Value>,
+}
+
+/// Reads the groups tag and the sudo groups tag from instance metadata (one IMDS client, one token). A
+/// groups tag that cannot be read ends the run before anything changes; the sudo tag's result is
+/// returned as it is, for the caller to decide.
+#[allow(clippy::type_complexity)]
+fn read_tags(
+    cfg: &Config,
+    group_tag: Option<&str>,
+    sudo_tag: Option<&str>,
+) -> Result<(Option<GroupsTag>, Option<Result<GroupsTag, Error>>), Error> {
+    if group_tag.is_none() && sudo_tag.is_none() {
+        return Ok((None, None));
+    }
+    let budget = cfg.timeout.max(Duration::from_secs(10));
+    lookup::with_runtime(cfg, budget, async {
+        let c = iam::connect(cfg, budget).await?;
+        let deadline = std::time::Instant::now() + budget / 2;
+        let group = match group_tag {
+            Some(k) => {
+                Some(crate::credentials::groups_tag(&c.imds, k, "--group-tag", deadline).await?)
+            }
+            None => None,
+        };
+        let sudo = match sudo_tag {
+            Some(k) => {
+                Some(crate::credentials::groups_tag(&c.imds, k, "--sudo-group-tag", deadline).await)
+            }
+            None => None,
+        };
+        Ok((group, sudo))
+    })
 }
 
 /// The sudoers drop-in for `users`, in a fixed order so an unchanged set rewrites nothing.
@@ -182,20 +217,67 @@ pub fn run(args: &SyncArgs, cfg: &Config, log: &Log) -> Result<(), Error> {
             "sync-users changes accounts and needs root (or use --dry-run)".into(),
         ));
     }
-    let login_groups: Vec<String> = if args.group.is_empty() {
-        cfg.allowed_groups.clone()
-    } else {
-        args.group.clone()
-    };
-    if login_groups.is_empty() {
+    if !args.group.is_empty() && args.group_tag.is_some() {
         return Err(Error::Config(
-            "name the IAM groups whose members get accounts: --group G (or --allowed-group)".into(),
+            "--group and --group-tag: choose one (the tag's value is the list of groups)".into(),
         ));
     }
+    if !args.sudo_group.is_empty() && args.sudo_group_tag.is_some() {
+        return Err(Error::Config(
+            "--sudo-group and --sudo-group-tag: choose one (the tag's value is the list of groups)"
+                .into(),
+        ));
+    }
+    // Groups from instance tags: --group-tag, else (without --group) the lookups' --allowed-groups-tag.
+    let group_tag = match &args.group_tag {
+        Some(k) => Some(check_tag_key("group-tag", k)?),
+        None if args.group.is_empty() => cfg.allowed_groups_tag.clone(),
+        None => None,
+    };
+    let sudo_tag = args
+        .sudo_group_tag
+        .as_deref()
+        .map(|k| check_tag_key("sudo-group-tag", k))
+        .transpose()?;
     if args.remove_after == 0 {
         return Err(Error::Config("--remove-after must be at least 1".into()));
     }
     let mut rep = Report::default();
+    let (tagged, sudo_tagged) = read_tags(cfg, group_tag.as_deref(), sudo_tag.as_deref())?;
+    let login_groups: Vec<String> = match &tagged {
+        Some(t) => {
+            rep.tags
+                .push(json!({"option": "--group-tag", "key": t.key, "groups": t.groups}));
+            t.groups.clone()
+        }
+        None if args.group.is_empty() => cfg.allowed_groups.clone(),
+        None => args.group.clone(),
+    };
+    if login_groups.is_empty() {
+        return Err(Error::Config(
+            "name the IAM groups whose members get accounts: --group G or --group-tag KEY (or --allowed-group, --allowed-groups-tag)".into(),
+        ));
+    }
+    // A sudo tag that instance metadata says is missing or unusable grants sudo to nobody (fail closed);
+    // one that could not be read leaves sudoers as it is, as an IAM failure does.
+    let mut sudo_revoke_all = false;
+    let sudo_groups: Vec<String> = match sudo_tagged {
+        None => args.sudo_group.clone(),
+        Some(Ok(t)) => {
+            rep.tags
+                .push(json!({"option": "--sudo-group-tag", "key": t.key, "groups": t.groups}));
+            t.groups
+        }
+        Some(Err(e @ Error::InstanceTag { settled: true, .. })) => {
+            rep.errors.push(format!("{e}; sudo granted to nobody"));
+            sudo_revoke_all = true;
+            Vec::new()
+        }
+        Some(Err(e)) => {
+            rep.errors.push(format!("{e}; sudoers left as is"));
+            Vec::new()
+        }
+    };
 
     // --- IAM: group members, each group asked once (moka dedupes a group named twice) -----------------
     let groups_cache: moka::sync::Cache<String, GroupAnswer> = moka::sync::Cache::new(64);
@@ -243,8 +325,9 @@ pub fn run(args: &SyncArgs, cfg: &Config, log: &Log) -> Result<(), Error> {
             }
         }
     }
-    let mut sudo_wanted: Option<BTreeSet<String>> = Some(BTreeSet::new());
-    for g in &args.sudo_group {
+    let sudo_unread = sudo_tag.is_some() && sudo_groups.is_empty() && !sudo_revoke_all;
+    let mut sudo_wanted: Option<BTreeSet<String>> = (!sudo_unread).then(BTreeSet::new);
+    for g in &sudo_groups {
         match &*fetch_group(g) {
             Ok(Some(members)) => {
                 if let Some(s) = sudo_wanted.as_mut() {
@@ -399,7 +482,10 @@ pub fn run(args: &SyncArgs, cfg: &Config, log: &Log) -> Result<(), Error> {
     }
 
     // --- sudo --------------------------------------------------------------------------------------------
-    if let (Some(sudo), false) = (&sudo_wanted, args.sudo_group.is_empty()) {
+    if let (Some(sudo), true) = (
+        &sudo_wanted,
+        !args.sudo_group.is_empty() || sudo_tag.is_some(),
+    ) {
         let want: BTreeSet<String> = sudo.intersection(&managed).cloned().collect();
         let current_text = std::fs::read_to_string(&args.sudoers_file).unwrap_or_default();
         let current: BTreeSet<String> = current_text
@@ -481,6 +567,7 @@ pub fn run(args: &SyncArgs, cfg: &Config, log: &Log) -> Result<(), Error> {
         "ok": ok,
         "dry_run": args.dry_run,
         "groups": group_sizes,
+        "tags": rep.tags,
         "created": rep.created,
         "reactivated": rep.reactivated,
         "prefetched": rep.prefetched,
@@ -541,6 +628,20 @@ fn render(v: &serde_json::Value) -> String {
         },
         v["groups"]
     ));
+    for t in v["tags"].as_array().into_iter().flatten() {
+        let g: Vec<&str> = t["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str())
+            .collect();
+        s.push_str(&format!(
+            "{} {}: {}\n",
+            t["option"].as_str().unwrap_or(""),
+            t["key"].as_str().unwrap_or(""),
+            g.join(", ")
+        ));
+    }
     for (k, label) in [("created", "created"), ("reactivated", "reactivated")] {
         let l = list(k);
         if !l.is_empty() {
