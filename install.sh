@@ -71,7 +71,8 @@ Where:
                           and every 10 min with a random delay); its flags:
       --sync-group G  --sudo-group G  --remove-after N  --remove lock|delete  --managed-group NAME
       --sudoers-file PATH  --sync-state PATH  (groups repeatable; without --sync-group it uses the
-                          --allowed-group values)
+                          --allowed-group values)  --sync-group-tag KEY  --sudo-group-tag KEY (the
+                          groups from instance tags; without either group option, --allowed-groups-tag)
   --replace-other-command when another AuthorizedKeysCommand is in effect (EC2 Instance Connect,
                           systemd-userdb, SSSD, ...), replace it instead of chaining it: the keys it
                           served stop working. (Either way, when it comes from the sshd unit's
@@ -99,6 +100,7 @@ Where:
 Lookup flags written into the drop-in's AuthorizedKeysCommand line (see iam-authorized-keys --help):
   --ttl D  --negative-ttl D  --max-stale D  --timeout D  --region R  --endpoint-url URL
   --credentials-file PATH  --profile NAME  --config PATH  --allowed-group G (repeatable)
+  --allowed-groups-tag KEY  (the allowed IAM groups from this instance tag; needs instance metadata tags)
   --name-case fold|preserve  --min-uid N  --allow-user U  --deny-user U (repeatable)
   --assume-role ARN  --external-id ID  --sts-endpoint-url URL  --key-options LIST  --key-expiry
   --proxy URL  --no-proxy LIST   (a proxy password belongs in the --config file: the command line is visible)
@@ -148,19 +150,20 @@ while [ $# -gt 0 ]; do
             DEFAULT_USERS+=("$2"); shift ;;
         --no-default-user) NO_DEFAULT_USER=1 ;;
         --sshd-unit) SHOW_UNIT=1 ;;
-        --sync-group|--sudo-group|--remove-after|--remove|--managed-group|--sudoers-file|--sync-state)
+        --sync-group|--sync-group-tag|--sudo-group|--sudo-group-tag|--remove-after|--remove|--managed-group|--sudoers-file|--sync-state)
             [ $# -ge 2 ] || die "$1 needs a value"
             safe_value "$1" "$2"
             case $1 in
                 --sync-group) SYNC_FLAGS+=(--group "$2") ;;
+                --sync-group-tag) SYNC_FLAGS+=(--group-tag "$2") ;;
                 --sync-state) SYNC_FLAGS+=(--state "$2") ;;
                 *) SYNC_FLAGS+=("$1" "$2") ;;
             esac
             shift ;;
         --key-expiry) FLAGS+=("$1") ;;
         --ttl|--negative-ttl|--max-stale|--timeout|--region|--endpoint-url|--credentials-file|--profile|--config|\
-        --allowed-group|--name-case|--min-uid|--max-uid|--allow-user|--deny-user|--assume-role|--external-id|\
-        --sts-endpoint-url|--key-options|--proxy|--no-proxy)
+        --allowed-group|--allowed-groups-tag|--name-case|--min-uid|--max-uid|--allow-user|--deny-user|--assume-role|\
+        --external-id|--sts-endpoint-url|--key-options|--proxy|--no-proxy)
             [ $# -ge 2 ] || die "$1 needs a value"
             safe_value "$1" "$2"
             FLAGS+=("$1" "$2"); shift ;;
@@ -1073,6 +1076,22 @@ elif [ -z "$BINARY" ]; then
 fi
 [ -f "$BINARY" ] && [ -x "$BINARY" ] || die "binary $BINARY not found or not executable"
 "$BINARY" --version >/dev/null || die "$BINARY does not run on this machine"
+# The lookup flags as the binary reads them, before anything is written: a value it refuses would make
+# every login fail. Files named by flags may not exist yet (an image pipeline writes them later): those
+# flags are left out of this check.
+check_flags=()
+set -- "${FLAGS[@]}"
+while [ $# -gt 0 ]; do
+    case $1 in
+        --credentials-file|--config|--ca-bundle) shift ;;
+        --key-expiry) check_flags+=("$1") ;;
+        *) check_flags+=("$1" "$2"); shift ;;
+    esac
+    shift
+done
+if ! flag_err=$("$BINARY" map "${check_flags[@]}" --journal-socket none --syslog-socket none -- root 2>&1 >/dev/null); then
+    die "the lookup flags are refused: ${flag_err#*: }"
+fi
 
 # package_version: --package-version, else Cargo.toml's [package] version.
 package_version() {
@@ -1120,7 +1139,7 @@ write_deb() {
 # /usr/bin/$NAME --config /etc/$NAME/config ... (and the $NAME-sync.service runs
 # sync-users with it). One 'option = value' per line, named like the long options of $NAME(8):
 #   ttl, negative-ttl, max-stale, timeout, cache-dir, no-cache, region, endpoint-url, credentials-file,
-#   profile, ca-bundle, sts-endpoint-url, assume-role, external-id, allowed-group, name-case, min-uid,
+#   profile, ca-bundle, sts-endpoint-url, assume-role, external-id, allowed-group, allowed-groups-tag, name-case, min-uid,
 #   max-uid, allow-user, deny-user, key-options, key-expiry, chain, chain-arg
 # Flags on the drop-in's command line win over this file. Keep it root-owned and not group/world-writable.
 # A conffile: package upgrades never overwrite your edits; purge removes it.

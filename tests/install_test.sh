@@ -471,13 +471,30 @@ if "$INSTALL" --root "$T" --binary "$BIN" --default-user 'Bad;name' 2>/dev/null;
 pass "cloud.cfg.d overrides cloud.cfg (flow style too); --default-user (repeatable) and --no-default-user"
 
 # 7. Refusals say what to fix.
-for args in "--ttl 5%u" "--user root" "--cache-dir relative" "--bogus" "--region a\"b"; do
+for args in "--ttl 5%u" "--user root" "--cache-dir relative" "--bogus" "--region a\"b" "--ttl abc" "--allowed-groups-tag a/b" \
+    "--allowed-group ops --allowed-groups-tag ssh-groups"; do
     # shellcheck disable=SC2086
     if "$INSTALL" --root "$W/empty" --binary "$BIN" $args 2>"$W/err"; then fail "accepted: $args"; fi
     [ -s "$W/err" ] || fail "no message for: $args"
 done
 [ -z "$(find "$W/empty" -mindepth 1)" ] || fail "a refused install wrote files"
 "$INSTALL" --help | grep -q -- "--uninstall" || fail "--help"
-pass "bad options are refused before anything is written"
+pass "bad options are refused before anything is written (values the binary refuses too: --ttl abc, a tag key with /)"
+
+# 8. Host tags: --allowed-groups-tag goes into the drop-in (and the sync service), the sync tags into the
+# sync service; the binary accepts the lines it is given (sshd would run exactly these words).
+T=$W/tags; mkdir -p "$T/etc/ssh"
+sandbox_accounts "$T"
+printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
+"$INSTALL" --root "$T" --binary "$BIN" --allowed-groups-tag ssh-groups --with-sync \
+    --sync-group-tag login-groups --sudo-group-tag sudo-groups 2>"$W/log8" || fail "install with tags: $(cat "$W/log8")"
+grep -q "^AuthorizedKeysCommand /usr/local/bin/iam-authorized-keys --allowed-groups-tag ssh-groups --uid %U -- %u %f %t$" \
+    "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" || fail "--allowed-groups-tag not in the drop-in: $(cat "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf")"
+exec_line=$(sed -n 's/^ExecStart=//p' "$T/etc/systemd/system/iam-authorized-keys-sync.service")
+[[ $exec_line == *"sync-users --allowed-groups-tag ssh-groups --group-tag login-groups --sudo-group-tag sudo-groups"* ]] ||
+    fail "sync tags not in the service: $exec_line"
+# shellcheck disable=SC2086
+"$BIN" ${exec_line#* } --dry-run --help >/dev/null || fail "the sync service's words are not accepted: $exec_line"
+pass "--allowed-groups-tag in the drop-in and the sync service, --sync-group-tag/--sudo-group-tag in the sync service"
 
 echo "install: ${PASSED} passed, 0 failed"
