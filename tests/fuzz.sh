@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the parsers that see untrusted input: cache records, user names and the mapping, IAM key bodies,
+# Fuzzes the parsers that see untrusted input: cache records, user names and the mapping, IAM key bodies, instance tag values,
 # --key-options, and chained key commands' output lines. Each target runs for FUZZ_SECONDS (default 20) from the seeds in fuzz/seeds/<target>
 # plus the corpus it grows in fuzz/corpus/<target>. A crash fails the run and leaves its input in
 # fuzz/artifacts/<target>/; add it as a regression test. Long runs: FUZZ_SECONDS=3600 tests/fuzz.sh
