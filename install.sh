@@ -154,6 +154,12 @@ while [ $# -gt 0 ]; do
             [ $# -ge 2 ] || die "$1 needs a value"
             safe_value "$1" "$2"
             case $1 in
+                --sync-group-tag|--sudo-group-tag)
+                    # The rule the binary applies to tag keys (instance metadata shows no others).
+                    [[ $2 =~ ^[A-Za-z0-9+=.,_:@-]{1,128}$ && $2 != . && $2 != .. && $2 != _index ]] ||
+                        die "$1 '$2' is not an instance tag key instance metadata can show (1-128 letters, digits and +-=.,_:@; not . .. or _index)" ;;
+            esac
+            case $1 in
                 --sync-group) SYNC_FLAGS+=(--group "$2") ;;
                 --sync-group-tag) SYNC_FLAGS+=(--group-tag "$2") ;;
                 --sync-state) SYNC_FLAGS+=(--state "$2") ;;
@@ -1089,7 +1095,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-if ! flag_err=$("$BINARY" map "${check_flags[@]}" --journal-socket none --syslog-socket none -- root 2>&1 >/dev/null); then
+# With sshd's environment (none): this shell's HTTPS_PROXY or AWS_* must not decide it.
+if ! flag_err=$(env -i PATH=/usr/bin:/bin HOME=/nonexistent "$BINARY" map "${check_flags[@]}" \
+        --journal-socket none --syslog-socket none -- root 2>&1 >/dev/null); then
     die "the lookup flags are refused: ${flag_err#*: }"
 fi
 

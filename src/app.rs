@@ -27,15 +27,19 @@ fn env() -> Env {
 /// Entry point after argument parsing.
 pub fn run(cli: &Cli, log: &Log) -> Result<(), Error> {
     let started = Instant::now();
+    // Documentation needs no configuration (nor a valid HTTPS_PROXY in the shell that asks for it).
+    match &cli.command {
+        Some(Command::Completions { shell }) => return crate::cmd::docs::completions(*shell),
+        Some(Command::Man) => return crate::cmd::docs::man(),
+        _ => {}
+    }
     let cfg = Config::build(&cli.opts, &env())?;
     match &cli.command {
         Some(Command::Map { names }) => return crate::cmd::map::run(names, &cfg),
         Some(Command::Doctor(args)) => return crate::cmd::doctor::run(args, &cfg, log),
         Some(Command::Cache(args)) => return crate::cmd::cache::run(args, &cfg, log),
         Some(Command::SyncUsers(args)) => return crate::cmd::sync_users::run(args, &cfg, log),
-        Some(Command::Completions { shell }) => return crate::cmd::docs::completions(*shell),
-        Some(Command::Man) => return crate::cmd::docs::man(),
-        None => {}
+        Some(Command::Completions { .. } | Command::Man) | None => {}
     }
     // The command chained after ours starts first and runs beside our lookup, under the same deadline:
     // nothing of ours (a name IAM cannot have, a refusal, an IAM outage) keeps its keys from sshd.

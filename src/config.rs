@@ -450,23 +450,26 @@ impl Config {
                 "--no-proxy is a comma-separated list of hosts without spaces".into(),
             ));
         }
-        let proxy = match pick(&cli.proxy, "proxy") {
-            Some(u) => Some((u, false)),
-            None => env
-                .https_proxy
-                .clone()
-                .filter(|u| !u.is_empty())
-                .map(|u| (u, true)),
-        }
-        .map(|(u, from_env)| {
-            check_proxy(&u).map(|(url, basic_auth)| Proxy {
-                url,
-                basic_auth,
-                no_proxy: no_proxy.clone(),
-                from_env,
+        let proxy =
+            match pick(&cli.proxy, "proxy") {
+                Some(u) => Some((u, false)),
+                // As curl reads them: `host:port` in the environment means an http:// proxy.
+                None => env.https_proxy.clone().filter(|u| !u.is_empty()).map(|u| {
+                    match u.contains("://") {
+                        true => (u, true),
+                        false => (format!("http://{u}"), true),
+                    }
+                }),
+            }
+            .map(|(u, from_env)| {
+                check_proxy(&u).map(|(url, basic_auth)| Proxy {
+                    url,
+                    basic_auth,
+                    no_proxy: no_proxy.clone(),
+                    from_env,
+                })
             })
-        })
-        .transpose()?;
+            .transpose()?;
         let list = |flag: &Vec<String>, key: &str| -> Vec<String> {
             if flag.is_empty() {
                 file.get_all(key)
@@ -675,6 +678,17 @@ mod tests {
         let c =
             Config::build(&cli(&["--proxy", "http://q:2", "alice"]), &env(None)).expect("config");
         assert!(!c.proxy.expect("flag").from_env);
+        // The environment's `host:port` (curl's reading: http://), never the flag's.
+        let c = Config::build(
+            &cli(&["alice"]),
+            &Env {
+                https_proxy: Some("proxy.corp:3128".into()),
+                ..Env::default()
+            },
+        )
+        .expect("config");
+        assert_eq!(c.proxy.expect("env").url, "http://proxy.corp:3128");
+        assert!(Config::build(&cli(&["--proxy", "proxy.corp:3128", "alice"]), &env(None)).is_err());
     }
 
     #[test]

@@ -355,6 +355,9 @@ pub async fn resolve(
     })
 }
 
+/// The longest value an EC2 tag can have (characters; IAM group lists are ASCII, so bytes).
+const MAX_TAG_VALUE: usize = 256;
+
 /// The fix when instance metadata does not show instance tags.
 const ENABLE_TAGS: &str =
     "aws ec2 modify-instance-metadata-options --instance-id ID --instance-metadata-tags enabled";
@@ -412,6 +415,17 @@ pub async fn groups_tag(
             )))
         }
     };
+    // EC2 tag values are at most 256 characters; anything longer is not a tag (and is not parsed).
+    if value.len() > MAX_TAG_VALUE {
+        return Err(Error::InstanceTag {
+            cause: format!(
+                "instance metadata answered {} bytes for tag {key} ({option}), more than a tag value can hold ({MAX_TAG_VALUE})",
+                value.len()
+            ),
+            fix: "check what answers at 169.254.169.254 on this host".into(),
+            settled: true,
+        });
+    }
     let groups = crate::cache::parse_groups_tag(&value).map_err(|why| Error::InstanceTag {
         cause: format!("instance tag {key} ({option}) {why}"),
         fix: format!("set it to IAM group names, comma-separated: aws ec2 create-tags --resources ID --tags 'Key={key},Value=GROUP1,GROUP2'"),

@@ -160,12 +160,18 @@ fn apply_groups(answer: &mut Answer, cfg: &Config) {
     let groups = answer.groups.clone().unwrap_or_default();
     answer.group_verdict = match (&cfg.allowed_groups_tag, &answer.tag) {
         (None, _) => policy::check_groups(&cfg.allowed_groups, &groups),
-        (Some(key), Some(t)) if &t.key == key => {
-            policy::check_groups(&t.groups, &groups).map(|v| match v {
-                Verdict::Allowed(why) => Verdict::Allowed(format!("{why} (instance tag {key})")),
-                Verdict::Refused(why) => Verdict::Refused(format!("{why} (instance tag {key})")),
-            })
-        }
+        // An empty list would be "no rule" to check_groups: refused here, whatever made it.
+        (Some(key), Some(t)) if &t.key == key => match policy::check_groups(&t.groups, &groups) {
+            Some(Verdict::Allowed(why)) => {
+                Some(Verdict::Allowed(format!("{why} (instance tag {key})")))
+            }
+            Some(Verdict::Refused(why)) => {
+                Some(Verdict::Refused(format!("{why} (instance tag {key})")))
+            }
+            None => Some(Verdict::Refused(format!(
+                "instance tag {key} lists no IAM group"
+            ))),
+        },
         (Some(key), _) => Some(Verdict::Refused(format!(
             "no value of instance tag {key} is known for this answer"
         ))),
@@ -374,7 +380,9 @@ pub fn lookup(
         .as_ref()
         .map(|l| l.keys.iter().map(|k| (k.id.clone(), k.clone())).collect())
         .unwrap_or_default();
-    match ask_iam(cfg, login, &known, deadline, log) {
+    // The groups tag as instance metadata gave it during this lookup, even when IAM then failed.
+    let fresh_tag = std::cell::RefCell::new(None);
+    match ask_iam(cfg, login, &known, deadline, log, &fresh_tag) {
         Ok((mut fetched, tag)) => {
             if let Some(why) = exact_name_rule(cfg.name_case, user, &mut fetched) {
                 log.warn_limited("name-case", user.as_str(), &why);
@@ -417,9 +425,42 @@ pub fn lookup(
                 tag,
             })
         }
-        // Instance metadata answered that the tag rule cannot be met: fail closed, nothing stale.
-        Err(e @ Error::InstanceTag { settled: true, .. }) => Err(e),
+        // Instance metadata answered that the tag rule cannot be met: fail closed, nothing stale, and
+        // the record goes, so that no later outage (of IMDS, the credentials or IAM) serves it again.
+        Err(e @ Error::InstanceTag { settled: true, .. }) => {
+            if let Some(c) = &cache {
+                if let Err(pe) = c.purge(user) {
+                    log.warn_limited(
+                        "cache-write",
+                        user.as_str(),
+                        &format!("could not remove the cache record of {user}: {pe}"),
+                    );
+                }
+            }
+            Err(e)
+        }
         Err(e) => {
+            // IAM failed after the tag was read: a stale answer is judged by the tag as it is now, and
+            // the record keeps that value (its age unchanged) for the lookups waiting on this one.
+            if let (Some(t), Some(l)) = (fresh_tag.into_inner(), cached.as_mut()) {
+                if l.record.tag.as_ref() != Some(&t) {
+                    log.info(&format!(
+                        "instance tag {} changed to {}; a cached answer is judged by the new value",
+                        t.key,
+                        t.groups.join(", ")
+                    ));
+                    l.record.tag = Some(t);
+                    if let Some(c) = &cache {
+                        if let Err(we) = c.store(&l.record) {
+                            log.warn_limited(
+                                "cache-write",
+                                user.as_str(),
+                                &format!("could not write cache record: {we}"),
+                            );
+                        }
+                    }
+                }
+            }
             if let Some(l) = &lock {
                 l.note_iam_failure(unix_millis());
             }
@@ -479,6 +520,7 @@ fn ask_iam(
     known: &HashMap<String, ServedKey>,
     deadline: Instant,
     log: &Log,
+    fresh_tag: &std::cell::RefCell<Option<GroupsTag>>,
 ) -> Result<(iam::Fetched, Option<GroupsTag>), Error> {
     let budget = deadline.saturating_duration_since(Instant::now());
     if budget < MIN_IAM_BUDGET {
@@ -498,6 +540,7 @@ fn ask_iam(
                     "allowed IAM groups from instance tag {key}: {}",
                     t.groups.join(", ")
                 ));
+                *fresh_tag.borrow_mut() = Some(t.clone());
                 Some(t)
             }
             None => None,
@@ -710,6 +753,13 @@ mod tests {
         let mut a = answer(&["sales"], Some(tag(&["ops", "dev"])));
         apply_groups(&mut a, &tagged);
         assert!(matches!(&a.group_verdict, Some(Verdict::Refused(_))));
+        assert!(a.keys.is_empty());
+        // A tag that lists nothing (parsing never produces one) is no rule: refused, not allowed.
+        let mut a = answer(&["ops"], Some(tag(&[])));
+        apply_groups(&mut a, &tagged);
+        assert!(
+            matches!(&a.group_verdict, Some(Verdict::Refused(w)) if w.contains("lists no IAM group"))
+        );
         assert!(a.keys.is_empty());
         // No tag value known (never produced by lookup, refused all the same).
         let mut a = answer(&["ops"], None);

@@ -46,9 +46,15 @@ MOTO=5000 RELAY=5001
 ip netns exec "$NS" "$(dirname "$PY")/moto_server" -H 127.0.0.1 -p "$MOTO" >"$W/moto.log" 2>&1 &
 PIDS+=($!)
 ns_wait 127.0.0.1 "$MOTO" || fail "moto did not start: $(cat "$W/moto.log")"
-ip netns exec "$NS" "$PY" "$HERE/fake_imds.py" relay "$RELAY" "$MOTO" "$W/scopes.log" 2>"$W/relay.err" &
-PIDS+=($!)
-ns_wait 127.0.0.1 "$RELAY" || fail "relay did not start: $(cat "$W/relay.err")"
+# relay_start / relay_stop: IAM (the relay in front of moto) reachable or not.
+relay_start() {
+    ip netns exec "$NS" "$PY" "$HERE/fake_imds.py" relay "$RELAY" "$MOTO" "$W/scopes.log" 2>"$W/relay.err" &
+    RELAY_PID=$!
+    PIDS+=("$RELAY_PID")
+    ns_wait 127.0.0.1 "$RELAY" || fail "relay did not start: $(cat "$W/relay.err")"
+}
+relay_stop() { kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true; }
+relay_start
 
 U=iakimds$$
 ssh-keygen -q -t ed25519 -N '' -C imds -f "$W/key"
@@ -205,6 +211,43 @@ tagrun --timeout 3 --max-stale 1
 [ "$RC" = 4 ] && [ -z "$OUT" ] || fail "tag read failing past max-stale: rc=$RC out=$OUT err=$ERR"
 pass "tag read failing (IMDS HTTP 500): the cached answer served within --max-stale, exit 4 past it"
 
+# The tag changed, then IAM fails: the stale answer is judged by the tag as read now, not as cached.
+echo 'ssh-groups=ops' >"$TAGS"
+imds --region eu-west-3 --tags "$TAGS"
+tagrun
+served || fail "tag ops before the IAM outage: rc=$RC err=$ERR"
+sleep 2.2
+echo 'ssh-groups=dev' >"$TAGS"
+relay_stop
+tagrun --timeout 3 --max-stale 1h -v
+relay_start
+[ "$RC" = 0 ] && [ -z "$OUT" ] && [[ $ERR == *"not in any allowed IAM group (dev)"* ]] \
+    || fail "tag changed during an IAM outage: a stale key was served under the old tag: rc=$RC out=$OUT err=$ERR"
+"$PY" -c 'import json,sys; t=json.load(open(sys.argv[1]))["tag"]; sys.exit(t["groups"] != ["dev"])' "$W/tcache"/*.json ||
+    fail "the record does not hold the new tag value for waiters: $(cat "$W/tcache"/*.json)"
+pass "tag changed to 'dev' while IAM is down: the stale answer is judged by the new value (refused), the record keeps it"
+
+# A settled refusal is not undone by a later outage: the record is gone.
+echo 'ssh-groups=ops' >"$TAGS"
+tagrun
+served || fail "tag ops again: rc=$RC err=$ERR"
+sleep 2.2
+echo 'other=ops' >"$TAGS"
+tagrun --max-stale 1h
+[ "$RC" = 4 ] && [ -z "$OUT" ] || fail "tag removed: rc=$RC out=$OUT err=$ERR"
+[ -z "$(ls "$W/tcache"/*.json 2>/dev/null)" ] || fail "tag removed: the record was kept: $(ls "$W/tcache")"
+imds --region eu-west-3 --tags "$TAGS" --tags-status 500
+tagrun --timeout 3 --max-stale 1h
+[ "$RC" = 4 ] && [ -z "$OUT" ] || fail "tag removed, then IMDS failing: the old answer came back: rc=$RC out=$OUT err=$ERR"
+pass "tag removed (exit 4, record removed), then IMDS fails: still exit 4, nothing printed"
+
+# A value longer than any tag can hold is refused before it is parsed.
+printf 'ssh-groups=%s\n' "$(printf 'g%03d,' $(seq 1 100))" >"$TAGS"
+imds --region eu-west-3 --tags "$TAGS"
+tagrun
+[ "$RC" = 4 ] && [ -z "$OUT" ] && [[ $ERR == *"more than a tag value can hold"* ]] || fail "oversized tag: rc=$RC out=$OUT err=$ERR"
+pass "a 500-byte tag value (tags hold 256): exit 4, nothing printed, in ${MS} ms"
+
 # sync-users takes its groups and sudo groups from tags the same way (dry run: no account changes here).
 printf 'login=ops,dev\nadmins=ops\n' >"$TAGS"
 imds --region eu-west-3 --tags "$TAGS"
@@ -224,6 +267,19 @@ nsx env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin HOME=/nonexistent "$BIN" sync-user
 rc=$?
 set -e
 [ "$rc" = 4 ] && grep -q "no tag nosuch (--group-tag)" "$W/sync.err" || fail "sync-users, missing tag: rc=$rc $(cat "$W/sync.json" "$W/sync.err")"
+set +e
+nsx env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin HOME=/nonexistent "$BIN" sync-users --dry-run --json \
+    --group-tag login --sudo-group-tag nosuch --endpoint-url "http://127.0.0.1:$RELAY" --journal-socket none \
+    --syslog-socket none >"$W/sync.json" 2>"$W/sync.err"
+rc=$?
+set -e
+"$PY" -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+ok = r["ok"] and r["errors"] == [] and any("sudo granted to nobody" in w for w in r["warnings"])
+ok = ok and r["removal_phase"] == "ran"
+sys.exit(0 if ok else 1)' "$W/sync.json" && [ "$rc" = 0 ] ||
+    fail "sync-users, missing sudo tag: rc=$rc $(cat "$W/sync.json" "$W/sync.err")"
 doctor_tag() {
     set +e
     nsx env -i PATH=/usr/bin:/bin:/usr/sbin HOME=/nonexistent "$BIN" doctor --allowed-groups-tag "$1" "$U" \
@@ -237,7 +293,7 @@ doctor_tag nosuch
 grep -qE '^FAIL +groups tag: this instance has no tag nosuch' "$W/doctor" && grep -qE '^FAIL +policy: refused' "$W/doctor" \
     || fail "doctor with a missing groups tag: $(cat "$W/doctor")"
 pass "doctor reads the groups tag (OK with its groups, the user's policy from them); a missing tag is a FAIL with the fix"
-pass "sync-users --group-tag/--sudo-group-tag: groups from the tags (dry run); a missing groups tag ends the run (exit 4) before any change"
+pass "sync-users --group-tag/--sudo-group-tag: groups from the tags (dry run); a missing groups tag ends the run (exit 4) before any change; a missing sudo tag grants sudo to nobody, a warning that does not stop removals"
 
 # --- --proxy never applies to IMDS (the proxy here is a closed port: anything sent there fails) ---------
 imds

@@ -141,6 +141,8 @@ struct Report {
     removal_phase: &'static str,
     /// Instance tags read for this run and the groups they listed.
     tags: Vec<serde_json::Value>,
+    /// Worth a look, but the run did what it should (a sudo tag that grants nobody sudo).
+    warnings: Vec<String>,
 }
 
 /// Reads the groups tag and the sudo groups tag from instance metadata (one IMDS client, one token). A
@@ -268,8 +270,10 @@ pub fn run(args: &SyncArgs, cfg: &Config, log: &Log) -> Result<(), Error> {
                 .push(json!({"option": "--sudo-group-tag", "key": t.key, "groups": t.groups}));
             t.groups
         }
+        // Not an error of the run: taking the sudo tag away is a way to say "sudo for nobody", and it
+        // must not stop account removal or fail every run.
         Some(Err(e @ Error::InstanceTag { settled: true, .. })) => {
-            rep.errors.push(format!("{e}; sudo granted to nobody"));
+            rep.warnings.push(format!("{e}; sudo granted to nobody"));
             sudo_revoke_all = true;
             Vec::new()
         }
@@ -577,8 +581,12 @@ pub fn run(args: &SyncArgs, cfg: &Config, log: &Log) -> Result<(), Error> {
         "removed": rep.removed,
         "removal_phase": rep.removal_phase,
         "skipped": rep.skipped,
+        "warnings": rep.warnings,
         "errors": rep.errors,
     });
+    for w in &rep.warnings {
+        log.warn(&format!("sync-users: {w}"));
+    }
     for e in v["errors"].as_array().into_iter().flatten() {
         log.error(&format!("sync-users: {}", e.as_str().unwrap_or("")));
     }
@@ -692,6 +700,9 @@ fn render(v: &serde_json::Value) -> String {
     ));
     for k in v["skipped"].as_array().into_iter().flatten() {
         s.push_str(&format!("skipped: {k}\n"));
+    }
+    for w in list("warnings") {
+        s.push_str(&format!("WARNING: {w}\n"));
     }
     for e in list("errors") {
         s.push_str(&format!("ERROR: {e}\n"));
