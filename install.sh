@@ -91,9 +91,17 @@ Where:
                           enabled), the IAM policies under /usr/share/doc/$NAME, the conffile
                           /etc/$NAME/config read with --config; its postinst runs this
                           script with --installed. Plus FILE.deb.sha256
+  --package FILE.rpm      the same files as an RPM (rpmbuild; Debian package rpm, installed when
+                          missing): %post runs --installed, %preun --uninstall-sshd on erase,
+                          %config(noreplace) /etc/$NAME/config. Plus FILE.rpm.sha256
+  --package FILE.raw      a systemd system extension for Flatcar (squashfs by mksquashfs; Debian
+                          package squashfs-tools, installed when missing): /usr only, its unit
+                          $NAME-setup.service runs --installed at boot. Install it as
+                          /etc/extensions/$NAME.raw. Plus FILE.raw.sha256
   --package-version V     the package's version (default: Cargo.toml's)
   --package-all DIR       write every format into DIR: $NAME-VERSION-x86_64.tar.gz,
-                          ${NAME}_VERSION_amd64.deb (each with its .sha256) and SHA256SUMS
+                          ${NAME}_VERSION_amd64.deb, $NAME-VERSION-1.x86_64.rpm,
+                          $NAME-VERSION-x86-64.raw (each with its .sha256) and SHA256SUMS
   -h, --help              this text
 
 Lookup flags written into the drop-in's AuthorizedKeysCommand line (see iam-authorized-keys --help):
