@@ -92,9 +92,17 @@ Where:
                           enabled), the IAM policies under /usr/share/doc/$NAME, the conffile
                           /etc/$NAME/config read with --config; its postinst runs this
                           script with --installed. Plus FILE.deb.sha256
+  --package FILE.rpm      the same files as an RPM (rpmbuild; Debian package rpm, installed when
+                          missing): %post runs --installed, %preun --uninstall-sshd on erase,
+                          %config(noreplace) /etc/$NAME/config. Plus FILE.rpm.sha256
+  --package FILE.raw      a systemd system extension for Flatcar (squashfs by mksquashfs; Debian
+                          package squashfs-tools, installed when missing): /usr only, its unit
+                          $NAME-setup.service runs --installed at boot. Install it as
+                          /etc/extensions/$NAME.raw. Plus FILE.raw.sha256
   --package-version V     the package's version (default: Cargo.toml's)
   --package-all DIR       write every format into DIR: $NAME-VERSION-x86_64.tar.gz,
-                          ${NAME}_VERSION_amd64.deb (each with its .sha256) and SHA256SUMS
+                          ${NAME}_VERSION_amd64.deb, $NAME-VERSION-1.x86_64.rpm,
+                          $NAME-VERSION-x86-64.raw (each with its .sha256) and SHA256SUMS
   -h, --help              this text
 
 Lookup flags written into the drop-in's AuthorizedKeysCommand line (see iam-authorized-keys --help):
@@ -201,7 +209,7 @@ fi
 
 # sshd itself checks what we write; without it nothing could be validated (an operator installs
 # openssh-server first). Checked before the build, so a missing sshd costs nothing.
-case $PACKAGE in ''|*.tar.gz|*.deb) ;; *) die "--package $PACKAGE: the name must end in .tar.gz or .deb" ;; esac
+case $PACKAGE in ''|*.tar.gz|*.deb|*.rpm|*.raw) ;; *) die "--package $PACKAGE: the name must end in .tar.gz, .deb, .rpm or .raw" ;; esac
 if [ -n "$PACKAGE_ALL" ]; then
     [ -z "$PACKAGE" ] || die "--package and --package-all: one or the other"
     PACKAGE=$PACKAGE_ALL/SHA256SUMS   # for the checks below: packaging, not installing
@@ -949,6 +957,9 @@ uninstall() {
         chmod 0644 "$tmp"; mv -f "$tmp" "$m"
     else
         rm -f "$m"
+        # The copy of install.sh a package kept for this (the .rpm's and the sysext's cleanup run it
+        # from there; bash has it open, so it may go).
+        rm -f "$R$(dirname "$MANIFEST")/install.sh"
         # Directories we created, deepest first, only when empty.
         local i
         for ((i=${#dirs[@]}-1; i>=0; i--)); do rmdir "$R${dirs[$i]}" 2>/dev/null || true; done
@@ -1111,22 +1122,31 @@ package_version() {
     echo "$version"
 }
 
-# write_deb FILE: a Debian package staged in a tree and built by dpkg-deb (on every Debian machine;
-# cargo-deb would rebuild the binary with cargo, not take the one given with --binary). Its maintainer
-# scripts run this very script, shipped as /usr/lib/$NAME/install.sh: postinst --installed (the checks,
-# chaining, default account and rollback of a live install), prerm --uninstall-sshd (remove: sshd as
-# before, user, cache and conffile kept), postrm --uninstall from a copy kept in the state directory
-# (purge: everything the package created, a chained command restored).
-write_deb() {
-    local out=$1 version stage d f
-    umask 022   # the staged files' modes are the package's
-    command -v dpkg-deb >/dev/null || die "dpkg-deb not found (Debian package dpkg)"
-    version=$(package_version)
-    stage=$(mktemp -d)
-    chmod 0755 "$stage"
-    d=$stage
-    install -d -m 0755 "$d/DEBIAN" "$d/usr/bin" "$d/usr/lib/$NAME/sshd_config.d" "$d/usr/share/man/man8" \
-        "$d/usr/share/bash-completion/completions" "$d/usr/share/zsh/vendor-completions" \
+# need_tool COMMAND DEBIAN_PACKAGE OTHER_HINT: COMMAND, installed with apt-get (root on Debian/Ubuntu)
+# when missing; elsewhere die naming what to install.
+need_tool() {
+    command -v "$1" >/dev/null && return 0
+    if [ $IS_ROOT = 1 ] && command -v apt-get >/dev/null; then
+        note "installing $2 (for $1)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; } ||
+            die "cannot install $2 (apt-get install $2)"
+        command -v "$1" >/dev/null || die "$2 installed, but $1 still not found"
+    else
+        die "$1 not found: install $2 (Debian/Ubuntu: apt-get install $2; $3)"
+    fi
+}
+
+# stage_package DIR ZSH_DIR: the files every package format ships, under DIR: one list for the .deb,
+# the .rpm and the sysext. /usr/bin/$NAME (the static binary as given, never stripped or rebuilt),
+# install.sh and the drop-in template under /usr/lib/$NAME (the maintainer scripts run it), the man
+# page and completions (zsh's directory differs: Debian's zsh reads vendor-completions, Fedora's and
+# RHEL's site-functions), sysusers.d/tmpfiles.d entries, the sync-users units (not enabled), the IAM
+# policies, and the operator's settings file /etc/$NAME/config (a conffile; the sysext moves it).
+stage_package() {
+    local d=$1 zsh=$2 f
+    install -d -m 0755 "$d/usr/bin" "$d/usr/lib/$NAME/sshd_config.d" "$d/usr/share/man/man8" \
+        "$d/usr/share/bash-completion/completions" "$d$zsh" \
         "$d/usr/lib/sysusers.d" "$d/usr/lib/tmpfiles.d" "$d/usr/lib/systemd/system" \
         "$d/usr/share/doc/$NAME" "$d/etc/$NAME"
     install -m 0755 "$BINARY" "$d/usr/bin/$NAME"
@@ -1134,7 +1154,7 @@ write_deb() {
     install -m 0644 "$SRC_DIR/sshd_config.d/10-$NAME.conf" "$d/usr/lib/$NAME/sshd_config.d/"
     "$BINARY" man | gzip -9n > "$d/usr/share/man/man8/$NAME.8.gz"
     "$BINARY" completions bash > "$d/usr/share/bash-completion/completions/$NAME"
-    "$BINARY" completions zsh > "$d/usr/share/zsh/vendor-completions/_$NAME"
+    "$BINARY" completions zsh > "$d$zsh/_$NAME"
     printf 'u %s - "iam-authorized-keys lookup (AuthorizedKeysCommandUser)" /nonexistent /usr/sbin/nologin\n' "$NAME" > "$d/usr/lib/sysusers.d/$NAME.conf"
     printf 'd /var/cache/%s 0700 %s %s -\n' "$NAME" "$NAME" "$NAME" > "$d/usr/lib/tmpfiles.d/$NAME.conf"
     sync_service_unit "/usr/bin/$NAME sync-users --config /etc/$NAME/config" > "$d/usr/lib/systemd/system/$NAME-sync.service"
@@ -1157,6 +1177,31 @@ write_deb() {
 # assume-role = arn:aws:iam::123456789012:role/ReadSshKeys
 CONF
     chmod 0644 "$d/etc/$NAME/config"
+}
+
+# The maintainer scripts of both packages, one command each (the .deb's and the .rpm's differ only in
+# how their package manager says install, upgrade, remove).
+CONFIGURE_CMD="/usr/lib/$NAME/install.sh --installed --bindir /usr/bin --config /etc/$NAME/config"
+# purge (and, for the rpm and the sysext, a later full cleanup) runs install.sh --uninstall after the
+# package's files are gone: a copy is kept in the state directory.
+KEEP_COPY_CMD="install -m 0755 /usr/lib/$NAME/install.sh /var/lib/$NAME/install.sh"
+
+# write_deb FILE: a Debian package staged in a tree and built by dpkg-deb (on every Debian machine;
+# cargo-deb would rebuild the binary with cargo, not take the one given with --binary). Its maintainer
+# scripts run this very script, shipped as /usr/lib/$NAME/install.sh: postinst --installed (the checks,
+# chaining, default account and rollback of a live install), prerm --uninstall-sshd (remove: sshd as
+# before, user, cache and conffile kept), postrm --uninstall from a copy kept in the state directory
+# (purge: everything the package created, a chained command restored).
+write_deb() {
+    local out=$1 version stage d
+    umask 022   # the staged files' modes are the package's
+    command -v dpkg-deb >/dev/null || die "dpkg-deb not found (Debian package dpkg)"
+    version=$(package_version)
+    stage=$(mktemp -d)
+    chmod 0755 "$stage"
+    d=$stage
+    stage_package "$d" /usr/share/zsh/vendor-completions
+    install -d -m 0755 "$d/DEBIAN"
     echo "/etc/$NAME/config" > "$d/DEBIAN/conffiles"
     local size; size=$(du -sk --exclude=DEBIAN "$d" | cut -f1)
     cat > "$d/DEBIAN/control" <<CTRL
@@ -1169,27 +1214,19 @@ Depends: openssh-server
 Section: admin
 Priority: optional
 Description: SSH keys of AWS IAM users for sshd (AuthorizedKeysCommand)
- sshd runs iam-authorized-keys as its AuthorizedKeysCommand: it serves the active
- SSH public keys of the AWS IAM user named like the login account, through a
- root-owned on-disk TTL cache, as a dedicated locked system user.
- .
- Installing configures sshd (a drop-in in /etc/ssh/sshd_config.d) after checking
- with sshd -T that its settings are the ones in effect; another
- AuthorizedKeysCommand in effect (EC2 Instance Connect, systemd-userdb, ...) is
- chained, and the image's default account keeps its authorized_keys. Settings
- live in the conffile /etc/$NAME/config. Static binary (musl).
+$(package_description | sed -e 's/^$/./' -e 's/^/ /')
 CTRL
-    cat > "$d/DEBIAN/postinst" <<'SCRIPT'
+    cat > "$d/DEBIAN/postinst" <<SCRIPT
 #!/bin/sh
 # Configures sshd for /usr/bin/iam-authorized-keys with install.sh (--installed): user, cache directory,
 # effective-configuration check, chaining, default account, sshd -t, reload. install.sh rolls back its
 # own changes when sshd would not use them, and this fails: sshd is never left half-configured.
 set -e
 # abort-*: a failed remove or upgrade puts the configuration back (install.sh is idempotent).
-if [ "$1" = configure ] || [ "$1" = abort-remove ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ]; then
-    /usr/lib/iam-authorized-keys/install.sh --installed --bindir /usr/bin --config /etc/iam-authorized-keys/config
+if [ "\$1" = configure ] || [ "\$1" = abort-remove ] || [ "\$1" = abort-upgrade ] || [ "\$1" = abort-deconfigure ]; then
+    $CONFIGURE_CMD
     # purge runs install.sh --uninstall after dpkg has removed the package's files: keep a copy.
-    install -m 0755 /usr/lib/iam-authorized-keys/install.sh /var/lib/iam-authorized-keys/install.sh
+    $KEEP_COPY_CMD
 fi
 exit 0
 SCRIPT
@@ -1231,6 +1268,167 @@ SCRIPT
     note "wrote $out ($NAME $version, $("$BINARY" --version)) and $out.sha256"
 }
 
+# package_description: the long description of the .deb and the .rpm.
+package_description() {
+    cat <<TEXT
+sshd runs iam-authorized-keys as its AuthorizedKeysCommand: it serves the active
+SSH public keys of the AWS IAM user named like the login account, through a
+root-owned on-disk TTL cache, as a dedicated locked system user.
+
+Installing configures sshd (a drop-in in /etc/ssh/sshd_config.d) after checking
+with sshd -T that its settings are the ones in effect; another
+AuthorizedKeysCommand in effect (EC2 Instance Connect, systemd-userdb, ...) is
+chained, and the image's default account keeps its authorized_keys. Settings
+live in the conffile /etc/$NAME/config. Static binary (musl).
+TEXT
+}
+
+# write_rpm FILE: an RPM built by rpmbuild from the same staged tree as the .deb (stage_package): the
+# spec's %files list is generated from that tree, so the file list exists once. (cargo-generate-rpm
+# would need a second list of assets in Cargo.toml.) The binary is packed as given: no strip, no
+# debuginfo, no build-id links, no recompression (__os_install_post off). Scriptlets, by RPM's $1 (the
+# number of instances left after the step): %post configures on install and upgrade (install.sh
+# --installed, as the .deb's postinst; a failure rolls sshd back and fails the transaction's
+# scriptlet); %preun on erase ($1 = 0) takes sshd's configuration back (--uninstall-sshd), not on
+# upgrade ($1 = 1). rpm has no purge: erase keeps the user, cache and the kept install.sh, whose
+# --uninstall removes them (rpm itself keeps an edited config as config.rpmsave).
+write_rpm() {
+    local out=$1 version top d f
+    umask 022
+    need_tool rpmbuild rpm "Fedora/RHEL/Amazon Linux: dnf install rpm-build"
+    version=$(package_version)
+    [[ $version != *-* ]] || die "package version '$version': an RPM version cannot hold '-'"
+    top=$(mktemp -d)
+    d=$top/tree
+    install -d -m 0755 "$d"
+    stage_package "$d" /usr/share/zsh/site-functions
+    {
+        cat <<SPEC
+Name: $NAME
+Version: $version
+Release: 1
+Summary: SSH keys of AWS IAM users for sshd (AuthorizedKeysCommand)
+License: Apache-2.0
+Requires: openssh-server
+Requires(post): bash, shadow-utils, openssh-server
+Requires(preun): bash
+AutoReqProv: no
+
+%global __os_install_post %{nil}
+%global debug_package %{nil}
+%global _build_id_links none
+
+%description
+$(package_description)
+
+%install
+cp -a "$d/." "%{buildroot}/"
+
+%post
+# \$1: 1 on install, 2 on upgrade. install.sh is idempotent: configure either way. rpm runs scriptlets
+# without -e: without it a failed install.sh would not fail the scriptlet.
+set -e
+$CONFIGURE_CMD
+$KEEP_COPY_CMD
+
+%preun
+# \$1: 0 on erase (sshd's configuration as before: drop-in, Include, unit drop-in removed, sshd
+# reloaded, a chained command in effect again), 1 on upgrade (nothing: the new version's %post ran).
+if [ "\$1" = 0 ] && [ -f /var/lib/$NAME/$NAME.manifest ]; then
+    /usr/lib/$NAME/install.sh --uninstall-sshd
+fi
+
+%files
+%defattr(-,root,root,-)
+SPEC
+        # Its own directories, and zsh's completion directory (co-owned, as packages that ship zsh
+        # completions without requiring zsh do); the others belong to filesystem and systemd.
+        (cd "$d" && find . -mindepth 1 -type d \( -path "*$NAME*" -o -path ./usr/share/zsh -o -path ./usr/share/zsh/site-functions \) -printf '%%dir /%P\n' | sort)
+        (cd "$d" && find . -mindepth 1 ! -type d -printf '/%P\n' | sort) | while IFS= read -r f; do
+            if [ "$f" = "/etc/$NAME/config" ]; then echo "%config(noreplace) $f"; else echo "$f"; fi
+        done
+    } > "$top/$NAME.spec"
+    rpmbuild -bb --nodeps --quiet --target x86_64 --define "_topdir $top" --buildroot "$top/buildroot" \
+        --define "_rpmfilename out.rpm" "$top/$NAME.spec" > "$top/log" 2>&1 ||
+        { cat "$top/log" >&2; rm -rf "$top"; die "rpmbuild failed"; }
+    mv -f "$top/RPMS/out.rpm" "$out"
+    rm -rf "$top"
+    (cd "$(dirname "$out")" && sha256sum "$(basename "$out")") > "$out.sha256"
+    note "wrote $out ($NAME $version, $("$BINARY" --version)) and $out.sha256"
+}
+
+# write_sysext FILE: a systemd system extension (Flatcar: /etc/extensions/$NAME.raw), a squashfs
+# image of /usr only, built by mksquashfs. The same staged tree, plus what a sysext needs instead of
+# maintainer scripts (it cannot run any, nor ship /etc):
+#   usr/lib/extension-release.d/extension-release.$NAME: ID=_any (a static binary and a bash script:
+#     no dependency on the host's release) and ARCHITECTURE=x86-64; systemd merges an image only when
+#     this file's name matches the image's name, so the image must be installed as $NAME.raw
+#   usr/share/factory/etc/$NAME/config: the settings file's default, copied to /etc/$NAME/config when
+#     missing (tmpfiles.d 'C'); an operator's (Butane's) file is kept
+#   $NAME-setup.service, upheld by multi-user.target through a drop-in (merging enables it, as the
+#     .deb's postinst runs on install): install.sh --installed, as the packages' %post/postinst.
+#     Upholds=, not Wants=: the image is merged and the units reloaded (EXTENSION_RELOAD_MANAGER=1 on
+#     systemd >= 255; Flatcar's ensure-sysext.service) after multi-user.target's start job was
+#     computed, so a Wants= added then would start nothing; Upholds= is enforced whenever it is loaded
+stage_sysext() {
+    local d=$1 version=$2
+    stage_package "$d" /usr/share/zsh/site-functions
+    install -d -m 0755 "$d/usr/share/factory/etc/$NAME" "$d/usr/lib/extension-release.d" \
+        "$d/usr/lib/systemd/system/multi-user.target.d"
+    mv "$d/etc/$NAME/config" "$d/usr/share/factory/etc/$NAME/config"
+    rm -rf "$d/etc"
+    printf 'd /etc/%s 0755 root root -\nC /etc/%s/config - - - - /usr/share/factory/etc/%s/config\n' "$NAME" "$NAME" "$NAME" \
+        > "$d/usr/lib/tmpfiles.d/$NAME-config.conf"
+    cat > "$d/usr/lib/extension-release.d/extension-release.$NAME" <<REL
+ID=_any
+ARCHITECTURE=x86-64
+SYSEXT_ID=$NAME
+SYSEXT_VERSION_ID=$version
+SYSEXT_SCOPE=system
+EXTENSION_RELOAD_MANAGER=1
+REL
+    cat > "$d/usr/lib/systemd/system/$NAME-setup.service" <<UNIT
+# From the $NAME system extension, which cannot run maintainer scripts: configures sshd the way the
+# .deb's postinst and the .rpm's %post do. install.sh checks sshd -T and rolls its changes back when
+# sshd would not use them (this unit then fails, sshd as it was: see journalctl -u $NAME-setup).
+# Before removing the extension: $NAME-setup kept /var/lib/$NAME/install.sh; after removing it,
+# /var/lib/$NAME/install.sh --uninstall takes sshd's configuration, the user and the cache away.
+[Unit]
+Description=Configure sshd for iam-authorized-keys (system extension)
+Documentation=man:iam-authorized-keys(8)
+After=systemd-sysext.service systemd-tmpfiles-setup.service
+ConditionPathExists=/usr/lib/$NAME/install.sh
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStartPre=/usr/bin/systemd-tmpfiles --create /usr/lib/tmpfiles.d/$NAME-config.conf
+ExecStart=$CONFIGURE_CMD
+ExecStartPost=/usr/bin/$KEEP_COPY_CMD
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    printf '[Unit]\nUpholds=%s-setup.service\n' "$NAME" > "$d/usr/lib/systemd/system/multi-user.target.d/10-$NAME.conf"
+}
+
+write_sysext() {
+    local out=$1 version top
+    umask 022
+    need_tool mksquashfs squashfs-tools "Fedora/RHEL: dnf install squashfs-tools; Flatcar's SDK has it"
+    version=$(package_version)
+    top=$(mktemp -d)
+    install -d -m 0755 "$top/tree"
+    stage_sysext "$top/tree" "$version"
+    rm -f "$out"
+    # -all-root: every file root-owned whoever builds it; times from the binary, for a reproducible image.
+    SOURCE_DATE_EPOCH=$(stat -c %Y "$BINARY") mksquashfs "$top/tree" "$out" -all-root -noappend -quiet > "$top/log" 2>&1 ||
+        { cat "$top/log" >&2; rm -rf "$top"; die "mksquashfs failed"; }
+    rm -rf "$top"
+    (cd "$(dirname "$out")" && sha256sum "$(basename "$out")") > "$out.sha256"
+    note "wrote $out ($NAME $version system extension, $("$BINARY" --version)) and $out.sha256; install it as /etc/extensions/$NAME.raw"
+}
+
 # write_tarball FILE: the release tarball (binary, install.sh, drop-in, README) for image pipelines.
 write_tarball() {
     local PACKAGE=$1 stage
@@ -1249,18 +1447,21 @@ write_tarball() {
 if [ -n "$PACKAGE_ALL" ]; then
     mkdir -p "$PACKAGE_ALL"
     v=$(package_version)
-    write_tarball "$PACKAGE_ALL/$NAME-$v-x86_64.tar.gz"
-    write_deb "$PACKAGE_ALL/${NAME}_${v}_amd64.deb"
-    (cd "$PACKAGE_ALL" && sha256sum "$NAME-$v-x86_64.tar.gz" "${NAME}_${v}_amd64.deb") > "$PACKAGE_ALL/SHA256SUMS"
+    files=("$NAME-$v-x86_64.tar.gz" "${NAME}_${v}_amd64.deb" "$NAME-$v-1.x86_64.rpm" "$NAME-$v-x86-64.raw")
+    write_tarball "$PACKAGE_ALL/${files[0]}"
+    write_deb "$PACKAGE_ALL/${files[1]}"
+    write_rpm "$PACKAGE_ALL/${files[2]}"
+    write_sysext "$PACKAGE_ALL/${files[3]}"
+    (cd "$PACKAGE_ALL" && sha256sum "${files[@]}") > "$PACKAGE_ALL/SHA256SUMS"
     note "wrote $PACKAGE_ALL/SHA256SUMS"
     exit 0
-elif [[ $PACKAGE == *.deb ]]; then
-    write_deb "$PACKAGE"
-    exit 0
-elif [ -n "$PACKAGE" ]; then
-    write_tarball "$PACKAGE"
-    exit 0
 fi
+case $PACKAGE in
+    *.deb) write_deb "$PACKAGE"; exit 0 ;;
+    *.rpm) write_rpm "$PACKAGE"; exit 0 ;;
+    *.raw) write_sysext "$PACKAGE"; exit 0 ;;
+    ?*) write_tarball "$PACKAGE"; exit 0 ;;
+esac
 
 # --- remember what this run creates, for rollback and --uninstall ---------------------------------------
 declare -a CREATED=() NEW_DIRS=() MANIFEST_LINES=()

@@ -10,8 +10,11 @@
 #   install:     install.sh into sandbox trees (tests/install_test.sh)
 #   images:      install.sh into real Debian 12 and 13 trees (debootstrap, cached under target/images),
 #                judged by each tree's own sshd, real logins on loopback (tests/images_test.sh)
-#   packages:    install.sh --package FILE.deb: contents, then apt-get install ./FILE.deb inside those trees
-#                (upgrade keeps the conffile, logins, dpkg -r, dpkg --purge restores) (tests/packages_test.sh)
+#   packages:    install.sh --package FILE.deb / FILE.rpm: contents (dpkg-deb, rpm -qp), then apt-get install
+#                ./FILE.deb inside those trees (upgrade keeps the conffile, logins, dpkg -r, dpkg --purge
+#                restores) and rpm --root -i/-U/-e of FILE.rpm into a Debian 12 tree (tests/packages_test.sh)
+#   sysext:      install.sh --package FILE.raw: systemd-dissect, layout, merged by systemd-sysext into a
+#                Debian 13 tree, its setup unit run, logins, removal (tests/sysext_test.sh)
 #   examples:    examples/ (Image Builder, Packer, cloud-init, Butane) run into image trees
 #   audit:       events read back from a private systemd-journald (tests/audit_test.sh)
 #   e2e:         a private sshd on loopback set up by install.sh; real ssh logins (tests/e2e.sh)
@@ -29,7 +32,8 @@ step() { echo; echo "=== $* ==="; }
 step "prerequisites"
 [ "$(id -u)" = 0 ] || fail "tests/run.sh needs root (apt packages, local users, a private sshd)"
 need_pkgs=()
-for p in openssh-server openssh-client musl-tools python3-venv file openssl curl systemd sudo debootstrap iproute2 dpkg util-linux; do
+for p in openssh-server openssh-client musl-tools python3-venv file openssl curl systemd sudo debootstrap iproute2 dpkg util-linux \
+    rpm squashfs-tools systemd-container; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -90,8 +94,11 @@ tests/install_test.sh "$BIN"
 step "install.sh on real Debian 12 and 13 trees"
 tests/images_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"
 
-step "the Debian package on real Debian 12 and 13 trees"
+step "the .deb and .rpm on real Debian 12 and 13 trees"
 tests/packages_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"
+
+step "the system extension (.raw) merged into a Debian 13 tree"
+tests/sysext_test.sh "$BIN" "$IAK_MOTO_URL" "$VENV/bin/python"
 
 step "image-pipeline examples"
 tests/examples_test.sh "$BIN" "$VENV/bin/python"
