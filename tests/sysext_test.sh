@@ -123,7 +123,8 @@ mkdir -p "$T/etc/userdb"
 printf '{"userName":"udbuser","uid":%s,"privileged":{"sshAuthorizedKeys":["%s"]}}\n' \
     "$(chroot "$T" id -u udbuser)" "$(cat "$W/chainkey.pub")" > "$T/etc/userdb/udbuser.user"
 chmod 0644 "$T/etc/userdb/udbuser.user"
-RECORDS=(./etc/extensions ./etc/$NAME ./var/log)
+# ./run is a tmpfs on a booted host (systemd-analyze in the tree leaves systemd-units-load there).
+RECORDS=(./etc/extensions ./etc/$NAME ./var/log ./run)
 before=$(snapshot "$T" "${RECORDS[@]}")
 # What Butane writes: the image under its name in /etc/extensions.
 install -d -m 0755 "$T/etc/extensions"
