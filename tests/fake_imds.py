@@ -40,6 +40,9 @@ def imds(addr, port, log, opts):
 
     class H(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out as two writes; with Nagle the body would wait for the client's delayed
+        # ACK (up to 40 ms a request), a stall of this fake that IMDS does not have.
+        disable_nagle_algorithm = True
 
         def log_message(self, *a):
             pass
