@@ -4,7 +4,7 @@ usage: fake_imds.py imds ADDR PORT LOG [--mode normal|token403|norole|hang] [--d
                                        [--region R] [--role NAME] [--expires-in SECONDS]
        fake_imds.py relay PORT UPSTREAM_PORT LOG
 
-imds: PUT /latest/api/token (needs X-aws-ec2-metadata-token-ttl-seconds), then with the token
+imds (ADDR IPv4 or IPv6): PUT /latest/api/token (needs X-aws-ec2-metadata-token-ttl-seconds), then with the token
 GET /latest/meta-data/iam/security-credentials/, .../<role>, /latest/meta-data/placement/region.
 Each request is appended to LOG as "METHOD PATH STATUS". --delay sleeps before every answer;
 --mode hang accepts connections and never answers; token403 refuses the token (IMDS disabled);
@@ -17,6 +17,7 @@ import datetime
 import http.client
 import http.server
 import json
+import socket
 import socketserver
 import sys
 import threading
@@ -28,6 +29,12 @@ TOKEN = "fake-imds-token-0123456789"
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+
+class Server6(Server):
+    """The same on an IPv6 address (IMDS's fd00:ec2::254)."""
+
+    address_family = socket.AF_INET6
 
 
 def imds(addr, port, log, opts):
@@ -95,7 +102,8 @@ def imds(addr, port, log, opts):
                 return self.answer(200, json.dumps(body).encode())
             self.answer(404)
 
-    Server((addr, port), H).serve_forever()
+    server = Server6 if ":" in addr else Server
+    server((addr, port), H).serve_forever()
 
 
 def relay(port, upstream, log):
