@@ -4,10 +4,11 @@
 # runs in a network namespace of this script's own with only loopback (which also owns 169.254.169.254):
 # moto serves IAM over TLS with a certificate from a throwaway CA (--ca-bundle), tests/connect_proxy.py
 # is the proxy and the only resolver of the IAM name, tests/fake_imds.py is IMDS. The binary runs as sshd
-# runs it (env -i, HOME=/nonexistent). Reports wall time (hyperfine -N) and the requests each path makes,
-# counted by the servers over every run. The namespace and every server are removed on exit.
+# runs it (env -i, HOME=/nonexistent). Reports wall time (median, p95, min over interleaved rounds: a
+# Python loop around each process) and the requests each path makes, counted by the servers. The
+# namespace and every server are removed on exit.
 #
-# usage: tests/bench_paths.sh BINARY PYTHON_WITH_MOTO [RUNS]      (default 50 runs per path; bench.sh calls it)
+# usage: tests/bench_paths.sh BINARY PYTHON_WITH_MOTO [RUNS]      (default 50 rounds; bench.sh calls it)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
@@ -16,7 +17,7 @@ PY=${2:?python with moto}
 RUNS=${3:-50}
 WARMUP=3
 [ "$(id -u)" = 0 ] || fail "bench_paths.sh needs root (a network namespace)"
-for c in ip hyperfine openssl; do command -v "$c" >/dev/null || fail "$c missing"; done
+for c in ip openssl; do command -v "$c" >/dev/null || fail "$c missing"; done
 [ -x "$(dirname "$PY")/moto_server" ] || fail "moto_server missing next to $PY"
 
 NS=iak-bench-$$
@@ -108,29 +109,55 @@ for p in "${ORDER[@]}"; do
     [ "$(echo "$out" | awk '{print $1" "$2}')" = "$want" ] || fail "$p: served $out"
 done
 
-echo "## cold lookup by path: 1 key, TLS to IAM (moto), in a private network namespace ($RUNS runs each)"
-printf '%-34s %10s %10s %10s %6s %9s %6s\n' path median p95 min IMDS CONNECTs IAM
-for i in "${!ORDER[@]}"; do
-    p=${ORDER[$i]}
+# Requests per lookup, per path: COUNT runs of each, counted by the servers (moto logs after answering).
+COUNT=10
+declare -A REQS
+for p in "${ORDER[@]}"; do
     i0=$(lines "$W/imds.log") c0=$(( $(lines "$W/proxy.log") + $(lines "$W/tlsproxy.log") )) a0=$(iam_calls)
-    clean hyperfine -N --warmup "$WARMUP" --runs "$RUNS" --export-json "$W/$p.json" \
-        "${CMD[$p]} -- $U" >/dev/null 2>"$W/$p.hyperfine" || fail "$p: hyperfine: $(cat "$W/$p.hyperfine")"
-    sleep 0.3   # moto logs a request after answering it
-    n=$((WARMUP + RUNS))
-    imds=$(( $(lines "$W/imds.log") - i0 ))
-    conn=$(( $(lines "$W/proxy.log") + $(lines "$W/tlsproxy.log") - c0 ))
-    iam=$(( $(iam_calls) - a0 ))
-    "$PY" - "$W/$p.json" "${WHAT[$i]}" "$n" "$imds" "$conn" "$iam" <<'EOF'
-import json, statistics, sys
-path, what, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-imds, conn, iam = (int(x) for x in sys.argv[4:7])
-t = sorted(json.load(open(path))["results"][0]["times"])
-per = lambda c: f"{c / n:g}"
-print(f"{what:34s} {statistics.median(t)*1e3:7.1f} ms {t[int(len(t)*0.95)]*1e3:7.1f} ms {t[0]*1e3:7.1f} ms"
-      f" {per(imds):>6s} {per(conn):>9s} {per(iam):>6s}")
-EOF
+    for _ in $(seq 1 "$COUNT"); do
+        # shellcheck disable=SC2086
+        clean ${CMD[$p]} -- "$U" >/dev/null 2>&1 || fail "$p: a counted run failed"
+    done
+    sleep 0.3
+    REQS[$p]="$(( $(lines "$W/imds.log") - i0 )) $(( $(lines "$W/proxy.log") + $(lines "$W/tlsproxy.log") - c0 )) $(( $(iam_calls) - a0 ))"
 done
-echo "(IMDS, CONNECTs, IAM: requests per lookup, counted by the fake IMDS, the proxies and moto over all $((WARMUP + RUNS)) runs)"
+
+# Wall time, interleaved: each round runs every path once (the first path rotating), so the machine's load
+# drifting during the run falls on all paths alike. WARMUP rounds are not counted.
+args=()
+for p in "${ORDER[@]}"; do args+=("${CMD[$p]} -- $U"); done
+clean "$PY" - "$RUNS" "$WARMUP" "$W/times.json" "${args[@]}" <<'EOF' || fail "timing: a lookup failed"
+import json, subprocess, sys, time
+runs, warmup, out, cmds = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+times = [[] for _ in cmds]
+for r in range(warmup + runs):
+    for k in range(len(cmds)):
+        i = (r + k) % len(cmds)
+        t0 = time.perf_counter()
+        rc = subprocess.run(cmds[i].split(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        t = time.perf_counter() - t0
+        if rc != 0:
+            sys.exit(f"{cmds[i]}: exit {rc} in round {r}")
+        if r >= warmup:
+            times[i].append(t)
+json.dump(times, open(out, "w"))
+EOF
+
+echo "## cold lookup by path: 1 key, TLS to IAM (moto), in a private network namespace"
+echo "## ($RUNS interleaved rounds after $WARMUP warm-up rounds; requests per lookup over $COUNT runs each)"
+for i in "${!ORDER[@]}"; do echo "${WHAT[$i]}|${REQS[${ORDER[$i]}]}"; done >"$W/what"
+"$PY" - "$W/times.json" "$W/what" "$COUNT" <<'EOF'
+import json, statistics, sys
+times = json.load(open(sys.argv[1]))
+count = int(sys.argv[3])
+print(f"{'path':34s} {'median':>10s} {'p95':>10s} {'min':>10s} {'IMDS':>6s} {'CONNECTs':>9s} {'IAM':>6s}")
+for t, line in zip(times, open(sys.argv[2]).read().splitlines()):
+    what, reqs = line.split("|")
+    t = sorted(t)
+    per = [f"{int(c) / count:g}" for c in reqs.split()]
+    print(f"{what:34s} {statistics.median(t)*1e3:7.1f} ms {t[int(len(t)*0.95)]*1e3:7.1f} ms {t[0]*1e3:7.1f} ms"
+          f" {per[0]:>6s} {per[1]:>9s} {per[2]:>6s}")
+EOF
 
 echo; echo "## where the time goes (one -vv run each: credentials, IMDS requests, IAM)"
 for p in "${ORDER[@]}"; do
