@@ -2,8 +2,8 @@
 # Benchmarks for BENCHMARKS.md. Needs what tests/run.sh installs, plus hyperfine and GNU time
 # (installed here). Starts its own moto and fault proxy on loopback; every loop is bounded.
 #
-# usage: tests/bench.sh [RUNS]     (default 500 warm runs; SSH_RUNS=60 ssh logins, PATH_RUNS=50 cold lookups
-#                                  per network path in tests/bench_paths.sh)
+# usage: tests/bench.sh [RUNS]     (default 500 warm runs; SSH_RUNS=60 ssh logins; PATH_RUNS=50 rounds of
+#                                  cold lookups by network path, tests/bench_paths.sh)
 set -euo pipefail
 # Measure in an environment like sshd's: nothing but PATH and HOME=/nonexistent (no AWS_*, no SSL_CERT_*).
 if [ -z "${IAK_BENCH_CLEAN:-}" ]; then
