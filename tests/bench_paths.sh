@@ -17,7 +17,7 @@ PY=${2:?python with moto}
 RUNS=${3:-50}
 WARMUP=3
 [ "$(id -u)" = 0 ] || fail "bench_paths.sh needs root (a network namespace)"
-for c in ip openssl; do command -v "$c" >/dev/null || fail "$c missing"; done
+for c in ip openssl perf; do command -v "$c" >/dev/null || fail "$c missing"; done
 [ -x "$(dirname "$PY")/moto_server" ] || fail "moto_server missing next to $PY"
 
 NS=iak-bench-$$
@@ -143,20 +143,30 @@ for r in range(warmup + runs):
 json.dump(times, open(out, "w"))
 EOF
 
+# CPU time of our own process per path (perf stat task-clock): what the path costs the host, and less
+# moved by other load on the machine than wall time.
+declare -A CPU
+for p in "${ORDER[@]}"; do
+    # shellcheck disable=SC2086
+    CPU[$p]=$(clean perf stat -r 20 -x, -e task-clock ${CMD[$p]} -- "$U" 2>&1 >/dev/null |
+        awk -F, '/task-clock/ {printf "%.2f", $1}')
+done
+
 echo "## cold lookup by path: 1 key, TLS to IAM (moto), in a private network namespace"
-echo "## ($RUNS interleaved rounds after $WARMUP warm-up rounds; requests per lookup over $COUNT runs each)"
-for i in "${!ORDER[@]}"; do echo "${WHAT[$i]}|${REQS[${ORDER[$i]}]}"; done >"$W/what"
+echo "## ($RUNS interleaved rounds after $WARMUP warm-up rounds; requests per lookup over $COUNT runs each;"
+echo "## CPU: task-clock of our process, mean of 20)"
+for i in "${!ORDER[@]}"; do echo "${WHAT[$i]}|${REQS[${ORDER[$i]}]}|${CPU[${ORDER[$i]}]}"; done >"$W/what"
 "$PY" - "$W/times.json" "$W/what" "$COUNT" <<'EOF'
 import json, statistics, sys
 times = json.load(open(sys.argv[1]))
 count = int(sys.argv[3])
-print(f"{'path':34s} {'median':>10s} {'p95':>10s} {'min':>10s} {'IMDS':>6s} {'CONNECTs':>9s} {'IAM':>6s}")
+print(f"{'path':34s} {'median':>10s} {'p95':>10s} {'min':>10s} {'CPU':>10s} {'IMDS':>6s} {'CONNECTs':>9s} {'IAM':>6s}")
 for t, line in zip(times, open(sys.argv[2]).read().splitlines()):
-    what, reqs = line.split("|")
+    what, reqs, cpu = line.split("|")
     t = sorted(t)
     per = [f"{int(c) / count:g}" for c in reqs.split()]
     print(f"{what:34s} {statistics.median(t)*1e3:7.1f} ms {t[int(len(t)*0.95)]*1e3:7.1f} ms {t[0]*1e3:7.1f} ms"
-          f" {per[0]:>6s} {per[1]:>9s} {per[2]:>6s}")
+          f" {cpu:>7s} ms {per[0]:>6s} {per[1]:>9s} {per[2]:>6s}")
 EOF
 
 echo; echo "## where the time goes (one -vv run each: credentials, IMDS requests, IAM)"
