@@ -102,11 +102,13 @@ iam_calls() { grep -c '"POST / HTTP/1.1" 200' "$W/moto.log" || true; }
 # clean CMD...: as sshd runs it: no environment but PATH and HOME=/nonexistent, in the namespace.
 clean() { nsx env -i PATH=/usr/bin:/bin HOME=/nonexistent "$@"; }
 
-# Each path once, checked: it must serve the key, and say where its credentials came from.
+# Each path once, checked: it must serve the key, with credentials from where the path says.
 for p in "${ORDER[@]}"; do
     # shellcheck disable=SC2086  # the command line is words without spaces
     out=$(clean ${CMD[$p]} -vv -- "$U" 2>"$W/$p.trace") || fail "$p: $(cat "$W/$p.trace")"
     [ "$(echo "$out" | awk '{print $1" "$2}')" = "$want" ] || fail "$p: served $out"
+    from=Profile; [ "$p" = imds ] && from=Ec2InstanceMetadata
+    grep -q "credentials: from $from" "$W/$p.trace" || fail "$p: credentials not from $from: $(cat "$W/$p.trace")"
 done
 
 # Requests per lookup, per path: COUNT runs of each, counted by the servers (moto logs after answering).
