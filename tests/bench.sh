@@ -2,13 +2,14 @@
 # Benchmarks for BENCHMARKS.md. Needs what tests/run.sh installs, plus hyperfine and GNU time
 # (installed here). Starts its own moto and fault proxy on loopback; every loop is bounded.
 #
-# usage: tests/bench.sh [RUNS]     (default 500 warm runs)
+# usage: tests/bench.sh [RUNS]     (default 500 warm runs; SSH_RUNS=60 ssh logins; PATH_RUNS=50 rounds of
+#                                  cold lookups by network path, tests/bench_paths.sh)
 set -euo pipefail
 # Measure in an environment like sshd's: nothing but PATH and HOME=/nonexistent (no AWS_*, no SSL_CERT_*).
 if [ -z "${IAK_BENCH_CLEAN:-}" ]; then
     exec env -i IAK_BENCH_CLEAN=1 PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin:$HOME/.cargo/bin \
         HOME=/nonexistent CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" \
-        bash "$0" "$@"
+        SSH_RUNS="${SSH_RUNS:-60}" PATH_RUNS="${PATH_RUNS:-50}" bash "$0" "$@"
 fi
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -91,6 +92,11 @@ for r in json.load(open(sys.argv[1]))["results"]:
 EOF
 done
 ctl "set?latency_ms=0" >/dev/null
+
+# Cold lookups by network path (direct, CONNECT proxy over http:// and https://, IMDSv2 credentials), over
+# TLS in a network namespace of that script's own; it cleans up after itself.
+echo
+tests/bench_paths.sh "$BIN" "$VENV/bin/python" "$PATH_RUNS"
 
 echo; echo "## CPU time of our own process (perf stat task-clock, 20 runs)"
 for args in "-- bench5" "--no-cache -- bench5"; do

@@ -1,22 +1,25 @@
 """A forward proxy for tests/proxy_test.sh: CONNECT only, to names it alone can resolve.
 
-usage: connect_proxy.py PORT LOG NAME=ADDR... [--auth USER:PASSWORD] [--refuse]
+usage: connect_proxy.py PORT LOG NAME=ADDR... [--auth USER:PASSWORD] [--refuse] [--tls CERT KEY]
 
-Each CONNECT is appended to LOG as "CONNECT host:port STATUS [auth=yes|no]". Only the NAMEs given are
-tunnelled (to ADDR, always on loopback in the tests); anything else gets 502, so nothing leaves the
-machine. --auth demands Proxy-Authorization: Basic (407 otherwise); --refuse answers 403 to every CONNECT.
+Each CONNECT is appended to LOG as "CONNECT host:port STATUS auth=yes|no [tls=VERSION]". Only the NAMEs
+given are tunnelled (to ADDR, always on loopback in the tests); anything else gets 502, so nothing leaves
+the machine. --auth demands Proxy-Authorization: Basic (407 otherwise); --refuse answers 403 to every
+CONNECT; --tls makes it an https:// proxy: clients speak TLS to the proxy itself (CERT and KEY, PEM), and
+the CONNECT and the tunnelled bytes travel inside that TLS session.
 """
 import base64
 import select
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 
 
 def main(argv):
     port, log = int(argv[0]), argv[1]
-    names, auth, refuse = {}, None, False
+    names, auth, refuse, tls = {}, None, False, None
     rest = argv[2:]
     i = 0
     while i < len(rest):
@@ -26,6 +29,10 @@ def main(argv):
         elif rest[i] == "--refuse":
             refuse = True
             i += 1
+        elif rest[i] == "--tls":
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.load_cert_chain(rest[i + 1], rest[i + 2])
+            i += 3
         else:
             n, a = rest[i].split("=", 1)
             names[n] = a
@@ -33,9 +40,21 @@ def main(argv):
     lock = threading.Lock()
 
     class H(socketserver.StreamRequestHandler):
+        # Each relayed chunk is sent as it comes: without TCP_NODELAY, Nagle holds a small one back until
+        # the previous is acknowledged (a delayed-ACK stall of up to 40 ms that the proxy would add).
+        disable_nagle_algorithm = True
+
         def note(self, line):
+            if tls is not None:
+                line += f" tls={self.connection.version()}"
             with lock, open(log, "a") as f:
                 f.write(line + "\n")
+
+        def setup(self):
+            if tls is not None:
+                # The handshake here, in the connection's own thread, not in the accept loop.
+                self.request = tls.wrap_socket(self.request, server_side=True)
+            super().setup()
 
         def handle(self):
             head = self.rfile.readline(8192).decode("latin-1").strip()
@@ -71,6 +90,7 @@ def main(argv):
                 self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
                 return
             up = socket.create_connection((names[host], int(tport)), timeout=10)
+            up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
             self.note(f"CONNECT {target} 200 auth={has_auth}")
             self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             self.wfile.flush()
@@ -85,6 +105,9 @@ def main(argv):
                     if not data:
                         done = True
                         break
+                    # TLS may hold decrypted bytes that select() cannot see: take them too.
+                    while s is down and tls is not None and down.pending():
+                        data += down.recv(65536)
                     (up if s is down else down).sendall(data)
                 if done:
                     break

@@ -5,7 +5,7 @@ usage: fake_imds.py imds ADDR PORT LOG [--mode normal|token403|norole|hang] [--d
                                        [--tags FILE] [--tags-status CODE]
        fake_imds.py relay PORT UPSTREAM_PORT LOG
 
-imds: PUT /latest/api/token (needs X-aws-ec2-metadata-token-ttl-seconds), then with the token
+imds (ADDR IPv4 or IPv6): PUT /latest/api/token (needs X-aws-ec2-metadata-token-ttl-seconds), then with the token
 GET /latest/meta-data/iam/security-credentials/, .../<role>, /latest/meta-data/placement/region.
 Each request is appended to LOG as "METHOD PATH STATUS". --delay sleeps before every answer;
 --mode hang accepts connections and never answers; token403 refuses the token (IMDS disabled);
@@ -22,6 +22,7 @@ import datetime
 import http.client
 import http.server
 import json
+import socket
 import socketserver
 import sys
 import threading
@@ -33,6 +34,12 @@ TOKEN = "fake-imds-token-0123456789"
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+
+class Server6(Server):
+    """The same on an IPv6 address (IMDS's fd00:ec2::254)."""
+
+    address_family = socket.AF_INET6
 
 
 def imds(addr, port, log, opts):
@@ -47,6 +54,9 @@ def imds(addr, port, log, opts):
 
     class H(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out as two writes; with Nagle the body would wait for the client's delayed
+        # ACK (up to 40 ms a request), a stall of this fake that IMDS does not have.
+        disable_nagle_algorithm = True
 
         def log_message(self, *a):
             pass
@@ -117,7 +127,8 @@ def imds(addr, port, log, opts):
                 return self.answer(200, tags[key].encode())
             self.answer(404)
 
-    Server((addr, port), H).serve_forever()
+    server = Server6 if ":" in addr else Server
+    server((addr, port), H).serve_forever()
 
 
 def relay(port, upstream, log):

@@ -31,7 +31,7 @@ ip netns add "$NS" || fail "cannot create network namespace $NS"
 nsx() { ip netns exec "$NS" "$@"; }
 nsx ip link set lo up
 nsx ip addr add 169.254.169.254/32 dev lo
-nsx ip -6 addr add fd00:ec2::254/128 dev lo nodad 2>/dev/null || echo "note: no IPv6 IMDS address (IPv6 disabled)"
+nsx ip -6 addr add fd00:ec2::254/128 dev lo nodad || fail "cannot add fd00:ec2::254 (IPv6 disabled?): the IPv6 IMDS checks need it"
 # Only loopback exists in the namespace: nothing we start can reach beyond it.
 [ "$(nsx ip -o link show | wc -l)" = 1 ] || fail "namespace has more than loopback"
 
@@ -64,13 +64,15 @@ want=$(awk '{print $1" "$2}' "$W/key.pub")
 install -d -m 0700 "$W/cache"
 
 IMDS_PID=
-# imds [--bind-any] ARGS...: (re)starts the fake IMDS on 169.254.169.254:80 (--bind-any: every address
-# of the namespace, so it answers once 169.254.169.254 is back) with a fresh request log.
+# imds [--bind-any|--ipv6] ARGS...: (re)starts the fake IMDS on 169.254.169.254:80 (--bind-any: every
+# IPv4 address of the namespace, so it answers once 169.254.169.254 is back; --ipv6: on fd00:ec2::254
+# only) with a fresh request log.
 imds() {
     imds_stop
     : >"$W/imds.log"
     local addr=169.254.169.254
     if [ "${1:-}" = --bind-any ]; then addr=0.0.0.0; shift; fi
+    if [ "${1:-}" = --ipv6 ]; then addr=fd00:ec2::254; shift; fi
     ip netns exec "$NS" "$PY" "$HERE/fake_imds.py" imds "$addr" 80 "$W/imds.log" "$@" 2>"$W/imds.err" &
     IMDS_PID=$!
     PIDS+=("$IMDS_PID")
@@ -85,11 +87,13 @@ imds_stop() {
 }
 
 # run ARGS...: the binary as sshd runs it, in the namespace; sets RC, OUT, ERR, MS (elapsed).
+# RUN_ENV (VAR=VALUE words) is added to its environment, for what only a manual run would have.
+RUN_ENV=()
 run() {
     local t0 t1
     t0=$(date +%s%N)
     set +e
-    nsx env -i PATH=/usr/bin:/bin HOME=/nonexistent "$BIN" --uid 5000 \
+    nsx env -i PATH=/usr/bin:/bin HOME=/nonexistent "${RUN_ENV[@]}" "$BIN" --uid 5000 \
         --endpoint-url "http://127.0.0.1:$RELAY" --journal-socket none --syslog-socket none \
         "$@" -- "$U" >"$W/out" 2>"$W/err"
     RC=$?
@@ -401,5 +405,23 @@ served || fail "credentials file without IMDS: rc=$RC: $ERR"
 [ "$MS" -lt 2000 ] || fail "credentials file without IMDS took ${MS} ms: waited for IMDS"
 [ "$(scope)" = us-east-1 ] || fail "credentials file: signed for $(scope), want the default us-east-1"
 pass "credentials file, IMDS blackholed: served in ${MS} ms, default region us-east-1, IMDS not asked"
+
+# --- IMDS over IPv6 (fd00:ec2::254), 169.254.169.254 still blackholed. The IMDS client is the SDK's: it
+# takes the IPv6 endpoint only from AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6 (or ..._ENDPOINT) in the
+# environment or from ~/.aws/config, and sshd gives the command neither (HOME is the command user's
+# /nonexistent): as sshd runs it, IMDS is always 169.254.169.254. README, Networks.
+imds --ipv6
+run --no-cache --timeout 3
+[ "$RC" = 4 ] && [[ $ERR == *"169.254.169.254"*unreachable* ]] || fail "IPv6-only IMDS, no environment: rc=$RC: $ERR"
+[ ! -s "$W/imds.log" ] || fail "IPv6 IMDS asked without the endpoint mode: $(cat "$W/imds.log")"
+pass "IMDS only on fd00:ec2::254, run as sshd runs it: IPv4 IMDS asked, never IPv6; exit 4 at the deadline (${MS} ms)"
+RUN_ENV=(AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6)
+run --no-cache --timeout 5
+RUN_ENV=()
+served || fail "IPv6 IMDS with AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6: rc=$RC: $ERR"
+[ "$(count 'PUT /latest/api/token 200')" = 1 ] && [ "$(wc -l <"$W/imds.log")" = 4 ] ||
+    fail "IPv6 IMDS: want 4 requests: $(cat "$W/imds.log")"
+[ "$(scope)" = eu-west-3 ] || fail "IPv6 IMDS: signed for $(scope), not IMDS's eu-west-3"
+pass "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6 in the environment (manual runs): credentials and region from fd00:ec2::254, served in ${MS} ms"
 
 echo "imds: ${PASSED:-0} checks passed"

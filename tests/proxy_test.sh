@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # --proxy: IAM reachable only through a CONNECT proxy. The IAM endpoint is https://iam.iak-proxy.test,
 # a name only the proxy (tests/connect_proxy.py, loopback) resolves; moto serves it with a certificate
-# from a test CA, checked through the tunnel. Everything stays on 127.0.0.1.
+# from a test CA, checked through the tunnel. The proxy also listens on TLS (an https:// proxy URL), its
+# certificate checked against --ca-bundle too. Everything stays on 127.0.0.1.
 #
 # usage: tests/proxy_test.sh BINARY PYTHON_WITH_MOTO
 set -euo pipefail
@@ -109,6 +110,41 @@ pass "proxy = URL with user:password in the --config file: Proxy-Authorization s
 run -- --no-cache --timeout 3 --proxy "http://127.0.0.1:$PP"
 [ "$RC" = 4 ] || fail "proxy demanding auth, none given: rc=$RC"
 pass "proxy answering 407 without credentials: exit 4 in ${MS} ms"
+
+# --- an https:// proxy: TLS to the proxy itself (its own certificate from the test CA, trusted through
+# --ca-bundle), the CONNECT inside it, and IAM's TLS inside the tunnel.
+openssl req -newkey rsa:2048 -nodes -subj /CN=iak-test-proxy -keyout "$W/proxy.key" -out "$W/proxy.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\n' > "$W/proxy.ext"
+openssl x509 -req -in "$W/proxy.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial -days 2 \
+    -extfile "$W/proxy.ext" -out "$W/proxy.pem" 2>/dev/null
+proxy --tls "$W/proxy.pem" "$W/proxy.key"
+run -- --no-cache --timeout 5 --proxy "https://127.0.0.1:$PP"
+served || fail "https:// proxy: rc=$RC: $ERR; $(cat "$W/proxy.log") $(cat "$W/proxy.err")"
+grep -q "^CONNECT $NAME:$TLS 200 auth=no tls=TLSv1" "$W/proxy.log" || fail "https:// proxy: no CONNECT over TLS: $(cat "$W/proxy.log")"
+pass "--proxy https://: TLS to the proxy ($(awk '{print $NF; exit}' "$W/proxy.log")), CONNECT inside it, served (${MS} ms, $(connects) CONNECT)"
+
+proxy --tls "$W/proxy.pem" "$W/proxy.key" --auth iak:s3cret
+run -- --no-cache --timeout 5 --proxy "https://iak:s3cret@127.0.0.1:$PP"
+served && grep -q "^CONNECT $NAME:$TLS 200 auth=yes tls=TLSv1" "$W/proxy.log" ||
+    fail "https:// proxy with user:password: rc=$RC: $ERR; $(cat "$W/proxy.log")"
+pass "--proxy https://user:password@: Proxy-Authorization sent inside the proxy's TLS, served"
+
+seen=$(connects)
+run -- --no-cache --timeout 3 --proxy "http://127.0.0.1:$PP"
+[ "$RC" = 4 ] && [ "$(connects)" = "$seen" ] || fail "http:// to a TLS proxy: rc=$RC; $(cat "$W/proxy.log")"
+pass "--proxy http:// to a proxy that speaks only TLS: exit 4, no CONNECT"
+
+# The proxy's certificate is checked: one from a CA outside --ca-bundle is refused before any CONNECT.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=iak-other-ca -keyout "$W/other-ca.key" \
+    -out "$W/other-ca.pem" 2>/dev/null
+openssl x509 -req -in "$W/proxy.csr" -CA "$W/other-ca.pem" -CAkey "$W/other-ca.key" -CAcreateserial -days 2 \
+    -extfile "$W/proxy.ext" -out "$W/proxy-other.pem" 2>/dev/null
+proxy --tls "$W/proxy-other.pem" "$W/proxy.key"
+run -- --no-cache --timeout 3 --proxy "https://127.0.0.1:$PP"
+[ "$RC" = 4 ] && [ -z "$OUT" ] || fail "untrusted proxy certificate: rc=$RC out=$OUT"
+[ ! -s "$W/proxy.log" ] || fail "untrusted proxy certificate, yet a CONNECT was sent: $(cat "$W/proxy.log")"
+[[ $ERR == *certificate* ]] || fail "untrusted proxy certificate: the message does not say so: $ERR"
+pass "--proxy https:// with a certificate outside --ca-bundle: refused at the handshake, no CONNECT, exit 4: $(echo "$ERR" | tail -n 1)"
 
 # A record, then the proxy refuses (403) and then is gone: stale within --max-stale, else fail closed in time.
 proxy
