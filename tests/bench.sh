@@ -164,7 +164,7 @@ ctl clear >/dev/null; for i in $(seq 1 20); do $SSH iakbiam@127.0.0.1 true; done
 echo "20 warm logins: $(ctl counts | awk '{s+=$3} END {print s+0}') calls"
 $SSH iakbplain@127.0.0.1 true || fail "bench login iakbplain"
 SSH_RUNS=${SSH_RUNS:-60}
-echo; echo "## full ssh login (key exchange, auth, run true), warm lookup vs authorized_keys file ($SSH_RUNS runs, interleaved)"
+echo; echo "## full ssh login (key exchange, auth, run true), warm lookup vs authorized_keys file ($SSH_RUNS runs each, one block after the other)"
 hyperfine -N --warmup 5 --runs "$SSH_RUNS" --export-json "$W/ssh.json" \
     "$SSH iakbplain@127.0.0.1 true" "$SSH iakbiam@127.0.0.1 true" >/dev/null 2>&1
 python3 - "$W/ssh.json" <<'PY'
