@@ -422,7 +422,7 @@ pub async fn groups_tag(
                 "instance metadata answered {} bytes for tag {key} ({option}), more than a tag value can hold ({MAX_TAG_VALUE})",
                 value.len()
             ),
-            fix: "check what answers at 169.254.169.254 on this host".into(),
+            fix: format!("check what answers at {} on this host", imds_address()),
             settled: true,
         });
     }
@@ -435,6 +435,19 @@ pub async fn groups_tag(
         key: key.to_string(),
         groups,
     })
+}
+
+/// Where the SDK's IMDS client goes, as its environment settings choose (for messages): the endpoint
+/// named by `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else the IPv6 address with
+/// `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6`, else 169.254.169.254. sshd passes neither variable.
+fn imds_address() -> String {
+    match std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
+        Ok(e) if !e.is_empty() => crate::username::sanitize(&e),
+        _ => match std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE") {
+            Ok(m) if m.eq_ignore_ascii_case("ipv6") => "fd00:ec2::254".into(),
+            _ => "169.254.169.254".into(),
+        },
+    }
 }
 
 /// The fix for an instance without IMDS credentials, when it is not on EC2.
@@ -510,7 +523,7 @@ fn classify(
             .map(|e| gist(e))
             .unwrap_or_else(|| short(&text));
         return (
-            format!("no credentials: IMDS (169.254.169.254) is unreachable within {timeout} ({} attempt(s), last: {why}){file_hint}", imds.len()),
+            format!("no credentials: IMDS ({}) is unreachable within {timeout} ({} attempt(s), last: {why}){file_hint}", imds_address(), imds.len()),
             format!("{NOT_EC2}; on EC2, enable the metadata endpoint (aws ec2 modify-instance-metadata-options --http-endpoint enabled)"),
         );
     }

@@ -423,5 +423,11 @@ served || fail "IPv6 IMDS with AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6: rc=$
     fail "IPv6 IMDS: want 4 requests: $(cat "$W/imds.log")"
 [ "$(scope)" = eu-west-3 ] || fail "IPv6 IMDS: signed for $(scope), not IMDS's eu-west-3"
 pass "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6 in the environment (manual runs): credentials and region from fd00:ec2::254, served in ${MS} ms"
+imds_stop
+RUN_ENV=(AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6)
+run --no-cache --timeout 2
+RUN_ENV=()
+[ "$RC" = 4 ] && [[ $ERR == *"IMDS (fd00:ec2::254) is unreachable"* ]] || fail "IPv6 IMDS down: the message names another address: rc=$RC: $ERR"
+pass "IPv6 endpoint mode with nothing listening: exit 4, the message names fd00:ec2::254"
 
 echo "imds: ${PASSED:-0} checks passed"
