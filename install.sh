@@ -196,13 +196,14 @@ ROOT=$(cd "$ROOT" 2>/dev/null && pwd) || die "--root directory does not exist"
 [ "$ROOT" = / ] && R='' || R=$ROOT
 [ -n "$R" ] && RELOAD=0
 IS_ROOT=0; [ "$(id -u)" = 0 ] && IS_ROOT=1
-[ -z "$R" ] && [ $IS_ROOT = 0 ] && die "installing into / needs root (or use --root DIR)"
+# Packaging writes only its output file (and, as root, may install the packaging tool): any user.
+[ -z "$R" ] && [ $IS_ROOT = 0 ] && [ -z "$PACKAGE$PACKAGE_ALL" ] && die "installing into / needs root (or use --root DIR)"
 
 if [ -z "$BINDIR" ]; then
     BINDIR=/usr/local/bin
     if grep -qsE '^ID=("?)flatcar' "$R/etc/os-release"; then
         BINDIR=/opt/bin
-    elif [ -z "$R" ] && ! (mkdir -p /usr/local/bin && t=$(mktemp -p /usr/local/bin .iak-probe.XXXXXX) && rm -f "$t") 2>/dev/null; then
+    elif [ -z "$R" ] && [ -z "$PACKAGE$PACKAGE_ALL" ] && ! (mkdir -p /usr/local/bin && t=$(mktemp -p /usr/local/bin .iak-probe.XXXXXX) && rm -f "$t") 2>/dev/null; then
         BINDIR=/opt/bin   # read-only /usr (CoreOS-like)
     fi
 fi
@@ -583,6 +584,7 @@ copy_config() {
             local -a args=() words=()
             read -r -a words <<< "${BASH_REMATCH[2]}"
             for a in "${words[@]}"; do
+                a=${a#\"}; a=${a%\"}   # Flatcar (Gentoo) writes Include "/etc/ssh/sshd_config.d/*.conf"
                 [[ $a == /* ]] || a=/etc/ssh/$a
                 args+=("$out$a")
                 for m in "$R"$a; do
@@ -688,6 +690,7 @@ first_setter() {
         if [ "$k" = include ]; then
             local -a words=(); read -r -a words <<< "$v"
             for a in "${words[@]}"; do
+                a=${a#\"}; a=${a%\"}   # Flatcar (Gentoo) writes Include "/etc/ssh/sshd_config.d/*.conf"
                 [[ $a == /* ]] || a=/etc/ssh/$a
                 for m in $a; do
                     [ -f "$m" ] && first_setter "$kw" "$m" && return 0
@@ -744,7 +747,11 @@ validate_sshd() {
     [ -x "$sshd" ] || die "sshd not found: install openssh-server first"
     [ -d /run/sshd ] || install -d -m 0755 /run/sshd 2>/dev/null || true
     if [ -z "$R" ]; then
-        "$sshd" -t -f "$SSHD_CONFIG"
+        # With a host key of ours, as sshd_T: a RHEL/Amazon Linux/Fedora image makes its host keys at first
+        # boot (sshd-keygen@), so a package installed while building one (rpm --root, dnf --installroot,
+        # a chroot builder) finds none, and "no hostkeys available" is not a config error.
+        [ -f "$SCRATCH/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SCRATCH/hostkey"
+        "$sshd" -t -f "$SSHD_CONFIG" -o "HostKey=$SCRATCH/hostkey"
     else
         # The tree's own sshd in the tree, or this machine's on a copy of the tree's config (sshd_run).
         tree_sshd || true
@@ -1310,7 +1317,7 @@ Release: 1
 Summary: SSH keys of AWS IAM users for sshd (AuthorizedKeysCommand)
 License: Apache-2.0
 Requires: openssh-server
-Requires(post): bash, shadow-utils, openssh-server
+Requires(post): bash, coreutils, gawk, grep, sed, findutils, shadow-utils, openssh-server
 Requires(preun): bash
 AutoReqProv: no
 
@@ -1396,8 +1403,12 @@ REL
 [Unit]
 Description=Configure sshd for iam-authorized-keys (system extension)
 Documentation=man:iam-authorized-keys(8)
-After=systemd-sysext.service systemd-tmpfiles-setup.service
+# After the host keys (Flatcar makes them in sshd-keygen.service at first boot); a deterministic failure
+# is retried by Upholds= only a few times, not forever.
+After=systemd-sysext.service systemd-tmpfiles-setup.service sshd-keygen.service
 ConditionPathExists=/usr/lib/$NAME/install.sh
+StartLimitIntervalSec=1h
+StartLimitBurst=3
 
 [Service]
 Type=oneshot
@@ -1445,6 +1456,8 @@ write_tarball() {
 }
 
 if [ -n "$PACKAGE_ALL" ]; then
+    # Every format's version rule before the first file is written (an RPM version cannot hold '-').
+    [[ $(package_version) != *-* ]] || die "package version '$(package_version)': an RPM version cannot hold '-' (use ~ for a pre-release: 1.0~rc1)"
     mkdir -p "$PACKAGE_ALL"
     v=$(package_version)
     files=("$NAME-$v-x86_64.tar.gz" "${NAME}_${v}_amd64.deb" "$NAME-$v-1.x86_64.rpm" "$NAME-$v-x86-64.raw")
@@ -1644,7 +1657,7 @@ fi
 # The drop-in only counts if the main config includes its directory, before any other setting
 # (sshd keeps the first value it reads).
 if [ -f "$R$SSHD_CONFIG" ]; then
-    if grep -qiE "^[[:space:]]*Include[[:space:]]+$SSHD_DIR/\*(\.conf)?([[:space:]]|$)" "$R$SSHD_CONFIG"; then
+    if grep -qiE "^[[:space:]]*Include[[:space:]]+\"?$SSHD_DIR/\*(\.conf)?\"?([[:space:]]|$)" "$R$SSHD_CONFIG"; then
         if grep -qxF "$INCLUDE_MARK" "$R$SSHD_CONFIG"; then
             record include "$SSHD_CONFIG"
             dir=$(awk '$1 == "includedir" { print $2 }' <<< "$OLD_MANIFEST")

@@ -89,15 +89,18 @@ pass "uninstall restores sshd_config and removes the user it created"
 # Flatcar: read-only /usr, so the binary goes to /opt/bin and the drop-in points there.
 T=$W/flatcar; mkdir -p "$T/etc/ssh"
 printf 'ID=flatcar\nNAME="Flatcar Container Linux by Kinvolk"\n' > "$T/etc/os-release"
-printf 'Port 22\n' > "$T/etc/ssh/sshd_config"
+# Flatcar's own sshd_config (Gentoo's) quotes its Include; it must be found, not doubled.
+printf 'Include "/etc/ssh/sshd_config.d/*.conf"\nPort 22\nSubsystem sftp internal-sftp\n' > "$T/etc/ssh/sshd_config"
+flatcar_config=$(cat "$T/etc/ssh/sshd_config")
 "$INSTALL" --root "$T" --binary "$BIN" 2>/dev/null || fail "install into a Flatcar tree"
+[ "$(cat "$T/etc/ssh/sshd_config")" = "$flatcar_config" ] || fail "Flatcar: the quoted Include was not recognised: $(cat "$T/etc/ssh/sshd_config")"
 [ -x "$T/opt/bin/iam-authorized-keys" ] && [ ! -e "$T/usr/local/bin/iam-authorized-keys" ] || fail "not in /opt/bin"
 [ -f "$T/opt/share/man/man8/iam-authorized-keys.8" ] && [ ! -e "$T/usr" ] || fail "Flatcar: docs must stay out of read-only /usr"
 grep -q "^AuthorizedKeysCommand /opt/bin/iam-authorized-keys --deny-user core --uid %U -- %u %f %t$" "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" ||
     fail "Flatcar drop-in does not point at /opt/bin (or core is not denied): $(cat "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf")"
 grep -qx "Match User core" "$T/etc/ssh/sshd_config.d/10-iam-authorized-keys.conf" || fail "Flatcar: no Match block for core"
 "$INSTALL" --root "$T" --uninstall 2>/dev/null
-pass "Flatcar tree: binary in /opt/bin, drop-in points there; core keeps its authorized_keys and is never served from IAM"
+pass "Flatcar tree: its quoted Include recognised (sshd_config untouched), binary in /opt/bin, drop-in points there; core keeps its authorized_keys and is never served from IAM"
 
 # 3. sshd -t failure rolls back: a drop-in sshd rejects (bad flag value sneaks no further than safe_value,
 #    so break the template copy instead).

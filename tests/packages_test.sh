@@ -128,10 +128,10 @@ for want in "Name        : $NAME" "Version     : $VERSION" "Release     : 1" "Ar
 done
 [ "$(rpm -qp --qf '%{VERSION}-%{RELEASE}' "$W/old.rpm")" = 0.0.1-1 ] || fail "--package-version not in the .rpm"
 # Requires: only what the scriptlets and sshd need, no automatic ones (the binary is static).
-[ "$(rpm -qp --requires "$RPM" | grep -v '^rpmlib(' | sort -u | xargs)" = "/bin/sh bash openssh-server shadow-utils" ] ||
+[ "$(rpm -qp --requires "$RPM" | grep -v '^rpmlib(' | sort -u | xargs)" = "/bin/sh bash coreutils findutils gawk grep openssh-server sed shadow-utils" ] ||
     fail "rpm --requires: $(rpm -qp --requires "$RPM" | xargs)"
 [ "$(rpm -qp --qf '[%{REQUIREFLAGS:deptype} %{REQUIRENAME}\n]' "$RPM" | grep -v rpmlib | sort -u | xargs)" = \
-  "manual openssh-server post bash post openssh-server post shadow-utils post,interp /bin/sh preun bash preun,interp /bin/sh" ] ||
+  "manual openssh-server post bash post coreutils post findutils post gawk post grep post openssh-server post sed post shadow-utils post,interp /bin/sh preun bash preun,interp /bin/sh" ] ||
     fail "rpm requires by scriptlet: $(rpm -qp --qf '[%{REQUIREFLAGS:deptype} %{REQUIRENAME}\n]' "$RPM" | grep -v rpmlib | xargs)"
 rpm -qp --scripts "$RPM" > "$W/rscripts"
 awk '/^postinstall scriptlet \(/ { p = 1; next } /^[a-z]+ scriptlet \(/ { p = 0 } p' "$W/rscripts" | grep -qx "/usr/lib/$NAME/install.sh --installed --bindir /usr/bin --config /etc/$NAME/config" ||
@@ -290,8 +290,14 @@ chroot "$T" useradd --create-home --shell /bin/sh eicuser; chroot "$T" usermod -
 install -d -m 0755 "$T/usr/lib/sysusers.d"
 before=$(snapshot "$T" "${RPM_RECORDS[@]}" ./tmp)
 in_tree_rpm --initdb || fail "rpm --initdb in the tree"
+# As on a RHEL/Amazon Linux/Fedora image being built: no host keys yet (sshd-keygen@ makes them at first
+# boot), which %post's sshd -t must not take for a broken config.
+mkdir -p "$W/hostkeys" && mv "$T"/etc/ssh/ssh_host_* "$W/hostkeys/"
 in_tree_rpm -i --nodeps "$W/old.rpm" > "$W/rpm.log" 2>&1 || fail "rpm -i old.rpm: $(cat "$W/rpm.log")"
+! grep -q "scriptlet failed" "$W/rpm.log" || fail "rpm -i without host keys: %post failed: $(cat "$W/rpm.log")"
+mv "$W/hostkeys"/* "$T/etc/ssh/"
 [ "$(rpm_version)" = 0.0.1-1 ] || fail "rpm: old package not installed: $(rpm_version)"
+[ -f "$T/etc/ssh/sshd_config.d/10-$NAME.conf" ] || fail "rpm -i without host keys: no drop-in: $(cat "$W/rpm.log")"
 [ -x "$T/var/lib/$NAME/install.sh" ] || fail "rpm %post kept no copy of install.sh"
 printf 'credentials-file = /etc/iak-test-credentials\nendpoint-url = %s\ntimeout = 3\n' "$MOTO_URL" >> "$T/etc/$NAME/config"
 cp "$T/etc/$NAME/config" "$W/config.edited"
@@ -316,7 +322,7 @@ grep -qx "authorizedkeyscommand $EIC_CMD" "$W/T" || fail "rpm -e: sshd runs $(gr
 chroot "$T" /var/lib/$NAME/install.sh --uninstall 2>"$W/log" || fail "install.sh --uninstall after rpm -e: $(cat "$W/log")"
 [ "$before" = "$(snapshot "$T" "${RPM_RECORDS[@]}" ./tmp)" ] ||
     { diff <(echo "$before") <(snapshot "$T" "${RPM_RECORDS[@]}" ./tmp) >&2; fail "rpm -e + install.sh --uninstall did not restore the tree"; }
-pass "rpm --root into Debian 12: rpm -i 0.0.1 then -U keeps the edited config (no .rpmnew); IAM user, default account and the chained EIC drop-in's key log in; rpm -e: sshd as before (EIC's command), user, cache and config.rpmsave kept; the kept install.sh --uninstall restores the tree"
+pass "rpm --root into Debian 12: rpm -i 0.0.1 (no host keys yet, as in an image build) then -U keeps the edited config (no .rpmnew); IAM user, default account and the chained EIC drop-in's key log in; rpm -e: sshd as before (EIC's command), user, cache and config.rpmsave kept; the kept install.sh --uninstall restores the tree"
 
 # A %post that finds sshd would not use our settings fails, and sshd stays as it was. rpm reports a failed
 # %post as a warning (exit status 0) and keeps the package installed: once the conflict is fixed,

@@ -32,6 +32,7 @@ build {
     execute_command  = "sudo -E bash -euo pipefail '{{ .Path }}'"
     inline = [
       "case $IAK_PACKAGE in *.deb) DEBIAN_FRONTEND=noninteractive apt-get install -y -q \"$IAK_PACKAGE\" ;; *.rpm) \"$(command -v dnf || command -v yum)\" install -y \"$IAK_PACKAGE\" ;; *) exit 1 ;; esac",
+      "test -s /etc/ssh/sshd_config.d/10-iam-authorized-keys.conf || { echo 'iam-authorized-keys: the package setup failed (see above; rpm and dnf exit 0 when %post fails): sshd is not configured' >&2; exit 1; }",
       "printf '%s\\n' \"$IAK_SETTINGS\" >> /etc/iam-authorized-keys/config",
       "/usr/bin/iam-authorized-keys map --config /etc/iam-authorized-keys/config root >/dev/null",
       "rm -f \"$IAK_PACKAGE\"",
