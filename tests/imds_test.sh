@@ -284,9 +284,13 @@ ok = r["ok"] and r["errors"] == [] and any("sudo granted to nobody" in w for w i
 ok = ok and r["removal_phase"] == "ran"
 sys.exit(0 if ok else 1)' "$W/sync.json" && [ "$rc" = 0 ] ||
     fail "sync-users, missing sudo tag: rc=$rc $(cat "$W/sync.json" "$W/sync.err")"
+# doctor checks with the options sshd passes to the command when there is one: point it at a private
+# sshd_config without ours, so that a host installation (CI installs one) does not decide this test.
+printf 'Port 22\n' > "$W/sshd_config"
 doctor_tag() {
     set +e
-    nsx env -i PATH=/usr/bin:/bin:/usr/sbin HOME=/nonexistent "$BIN" doctor --allowed-groups-tag "$1" "$U" \
+    nsx env -i PATH=/usr/bin:/bin:/usr/sbin HOME=/nonexistent "$BIN" doctor --sshd-config "$W/sshd_config" \
+        --allowed-groups-tag "$1" "$U" \
         --endpoint-url "http://127.0.0.1:$RELAY" --timeout 3 --journal-socket none --syslog-socket none >"$W/doctor" 2>&1
     set -e
 }
