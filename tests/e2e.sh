@@ -127,6 +127,11 @@ sed "s/^/    /" "$E/doctor.out"
 grep -q "^OK   IAM keys: APKA" "$E/doctor.out" && grep -q "^OK   command path" "$E/doctor.out" &&
     grep -q "^OK   command user: $SVC" "$E/doctor.out" || fail "doctor output: $(cat "$E/doctor.out")"
 ! grep -q "^FAIL" "$E/doctor.out" || fail "doctor failed a check: $(cat "$E/doctor.out")"
+grep -q "^OK   options: checking with the options sshd passes" "$E/doctor.out" || fail "doctor options: $(cat "$E/doctor.out")"
+# Options given to doctor that sshd's command line sets otherwise are named as not used.
+doctor --allowed-groups-tag ssh-groups --ttl 1h $ALICE > "$E/doctor.out" 2>&1 || fail "doctor with own options: $(cat "$E/doctor.out")"
+grep -q "^WARN options: .*yours differ and are not used: --ttl/--negative-ttl/--max-stale, --allowed-groups-tag$" "$E/doctor.out" ||
+    fail "doctor did not name its ignored options: $(cat "$E/doctor.out")"
 chmod o+w "$E/bin"
 if doctor > "$E/doctor.out" 2>&1; then fail "doctor passed a world-writable directory"; fi
 grep -q "^FAIL command path: sshd will refuse .*$E/bin is group- or world-writable" "$E/doctor.out" ||
@@ -160,7 +165,7 @@ mkdir -p "$U/etc/systemd/system/ssh.service.d"
 printf '[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -D $SSHD_OPTS\n' > "$U/etc/systemd/system/ssh.service.d/zz-iam-authorized-keys.conf"
 doctor --unit-root "$U" > "$E/doctor.out" 2>&1 || fail "doctor with our unit drop-in: $(cat "$E/doctor.out")"
 doctor > "$E/doctor.out" 2>&1 || fail "doctor after repairs: $(cat "$E/doctor.out")"
-pass "doctor: clean install passes; world-writable dir, wrong cache owner, missing drop-in, another command on the sshd unit's command line each named"
+pass "doctor: clean install passes; world-writable dir, wrong cache owner, missing drop-in, another command on the sshd unit's command line each named; options given to doctor that sshd sets otherwise are named as not used"
 
 # Access policy through the real sshd: a mapped name, a system account, restrict.
 iam create-user "$MAPPED_IAM"

@@ -360,10 +360,22 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
     }
     let cfg = match effective {
         Some(c) => {
-            r.ok(
-                "options",
-                "checking with the options sshd passes to the command",
-            );
+            let ignored = ignored_options(own, &c);
+            if ignored.is_empty() {
+                r.ok(
+                    "options",
+                    "checking with the options sshd passes to the command",
+                );
+            } else {
+                r.warn(
+                    "options",
+                    format!(
+                        "checking with the options sshd passes to the command; yours differ and are not used: {}",
+                        ignored.join(", ")
+                    ),
+                    "to check other options, give doctor --sshd-config with a config that runs them (or change the drop-in: re-run install.sh)",
+                );
+            }
             c
         }
         None => {
@@ -624,6 +636,52 @@ fn check_command_user(r: &mut Report, u: &str) {
             }
         }
     }
+}
+
+/// The lookup options doctor was given (they differ from the defaults) that sshd's command line sets
+/// otherwise: doctor checks what sshd runs, so these are not used, and the admin should hear it.
+fn ignored_options(own: &Config, sshd: &Config) -> Vec<&'static str> {
+    let Ok(base) = Config::build(&crate::cli::Opts::default(), &Env::default()) else {
+        return Vec::new();
+    };
+    let show = |c: &Config| -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "--ttl/--negative-ttl/--max-stale",
+                format!("{:?}", c.freshness),
+            ),
+            ("--timeout", format!("{:?}", c.timeout)),
+            ("--cache-dir/--no-cache", format!("{:?}", c.cache_dir)),
+            (
+                "--region",
+                format!("{:?}", (&c.region, c.region_configured)),
+            ),
+            ("--endpoint-url", format!("{:?}", c.endpoint_url)),
+            ("--credentials-file", format!("{:?}", c.credentials_file)),
+            ("--profile", format!("{:?}", c.profile)),
+            ("--ca-bundle", format!("{:?}", c.ca_bundle)),
+            ("--sts-endpoint-url", format!("{:?}", c.sts_endpoint_url)),
+            ("--proxy/--no-proxy", format!("{:?}", c.proxy)),
+            ("--assume-role", format!("{:?}", c.assume_role)),
+            ("--name-case", format!("{:?}", c.name_case)),
+            ("account rules", format!("{:?}", c.accounts)),
+            ("--allowed-group", format!("{:?}", c.allowed_groups)),
+            (
+                "--allowed-groups-tag",
+                format!("{:?}", c.allowed_groups_tag),
+            ),
+            ("--key-options", format!("{:?}", c.key_options)),
+            ("--key-expiry", format!("{:?}", c.key_expiry)),
+            ("--chain", format!("{:?}", c.chain)),
+        ]
+    };
+    let (own, sshd, base) = (show(own), show(sshd), show(&base));
+    own.iter()
+        .zip(&sshd)
+        .zip(&base)
+        .filter(|(((_, o), (_, s)), (_, b))| o != b && o != s)
+        .map(|(((name, _), _), _)| *name)
+        .collect()
 }
 
 fn check_cache_dir(r: &mut Report, cfg: &Config, command_user: Option<&str>) {
