@@ -187,11 +187,35 @@ pub fn render_json(
     v
 }
 
+/// The strings of a JSON array, `, `-separated (anything else in it, or a non-array: left out), for the
+/// text renderings of reports built as JSON.
+pub fn joined(v: &serde_json::Value) -> String {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Writes `text` to stdout in one locked write.
 pub fn emit(text: &str) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
         other => other.map_err(Error::Stdout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn joined_takes_the_strings_of_an_array() {
+        use serde_json::json;
+        assert_eq!(super::joined(&json!(["ops", "dev"])), "ops, dev");
+        assert_eq!(super::joined(&json!(["ops", 1, null, "dev"])), "ops, dev");
+        assert_eq!(super::joined(&json!([])), "");
+        assert_eq!(super::joined(&json!(null)), "");
+        assert_eq!(super::joined(&json!("ops")), "");
     }
 }

@@ -144,21 +144,14 @@ fn show(users: &[OsString], cfg: &Config) -> Result<(), Error> {
                             k["fingerprint"].as_str().unwrap_or("")
                         ));
                     }
-                    if let Some(g) = r["groups"].as_array() {
-                        let g: Vec<&str> = g.iter().filter_map(|x| x.as_str()).collect();
-                        s.push_str(&format!("  groups: {}\n", g.join(", ")));
+                    if r["groups"].is_array() {
+                        s.push_str(&format!("  groups: {}\n", output::joined(&r["groups"])));
                     }
                     if let Some(t) = r["groups_tag"].as_object() {
-                        let g: Vec<&str> = t["groups"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|x| x.as_str())
-                            .collect();
                         s.push_str(&format!(
                             "  allowed by instance tag {}: {}\n",
                             t["key"].as_str().unwrap_or(""),
-                            g.join(", ")
+                            output::joined(&t["groups"])
                         ));
                     }
                 }

@@ -637,17 +637,11 @@ fn render(v: &serde_json::Value) -> String {
         v["groups"]
     ));
     for t in v["tags"].as_array().into_iter().flatten() {
-        let g: Vec<&str> = t["groups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|x| x.as_str())
-            .collect();
         s.push_str(&format!(
             "{} {}: {}\n",
             t["option"].as_str().unwrap_or(""),
             t["key"].as_str().unwrap_or(""),
-            g.join(", ")
+            output::joined(&t["groups"])
         ));
     }
     for (k, label) in [("created", "created"), ("reactivated", "reactivated")] {
