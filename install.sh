@@ -1102,12 +1102,18 @@ fi
 "$BINARY" --version >/dev/null || die "$BINARY does not run on this machine"
 # The lookup flags as the binary reads them, before anything is written: a value it refuses would make
 # every login fail. Files named by flags may not exist yet (an image pipeline writes them later): those
-# flags are left out of this check.
+# flags are left out of this check, except a --config file that is already there (read from the target
+# tree, as root, so that its owner is judged as sshd's command user will find it).
 check_flags=()
 set -- "${FLAGS[@]}"
 while [ $# -gt 0 ]; do
     case $1 in
-        --credentials-file|--config|--ca-bundle) shift ;;
+        --config)
+            if [ $IS_ROOT = 1 ] && [ -z "$PACKAGE$PACKAGE_ALL" ] && [ -e "$R$2" ]; then
+                check_flags+=("$1" "$R$2")
+            fi
+            shift ;;
+        --credentials-file|--ca-bundle) shift ;;
         --key-expiry) check_flags+=("$1") ;;
         *) check_flags+=("$1" "$2"); shift ;;
     esac
@@ -1116,7 +1122,7 @@ done
 # With sshd's environment (none): this shell's HTTPS_PROXY or AWS_* must not decide it.
 if ! flag_err=$(env -i PATH=/usr/bin:/bin HOME=/nonexistent "$BINARY" map "${check_flags[@]}" \
         --journal-socket none --syslog-socket none -- root 2>&1 >/dev/null); then
-    die "the lookup flags are refused: ${flag_err#*: }"
+    die "the lookup settings are refused: ${flag_err#*: }"
 fi
 
 # package_version: --package-version, else Cargo.toml's [package] version.

@@ -375,6 +375,28 @@ impl Config {
     /// Lays the command line over the config file, over the defaults, and checks the result.
     /// Repeatable options: the command line's values replace the file's when any is given.
     pub fn build(cli: &Opts, env: &Env) -> Result<Config, Error> {
+        Self::build_from(cli, env).map_err(|e| match (e, &cli.config) {
+            // A refused value names the option; when the file alone is refused too, the value is the
+            // file's: say so, so that the admin edits the file rather than looks for a flag. (Only on
+            // this error path: a good configuration is read once.)
+            (Error::Config(flagged), Some(path)) => {
+                let file_alone = Opts {
+                    config: Some(path.clone()),
+                    ..Opts::default()
+                };
+                match Self::build_from(&file_alone, &Env::default()) {
+                    Err(Error::Config(reason)) => Error::ConfigFile {
+                        path: path.clone(),
+                        reason,
+                    },
+                    _ => Error::Config(flagged),
+                }
+            }
+            (e, _) => e,
+        })
+    }
+
+    fn build_from(cli: &Opts, env: &Env) -> Result<Config, Error> {
         let file = match &cli.config {
             Some(p) => read_file(p)?,
             None => FileSettings::default(),
@@ -807,6 +829,40 @@ mod tests {
                 .to_string()
                 .contains("owned by uid"));
         }
+    }
+
+    #[test]
+    fn a_refused_value_from_the_file_names_the_file() {
+        if fsutil::euid() != 0 {
+            return; // the file must be root-owned to be read at all (see the test above)
+        }
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("conf");
+        let path = p.to_str().expect("utf8");
+        let build = |text: &str, flags: &[&str]| {
+            std::fs::write(&p, text).expect("write");
+            let mut args = vec!["--config", path];
+            args.extend_from_slice(flags);
+            args.push("a");
+            Config::build(&cli(&args), &env(None)).expect_err("refused")
+        };
+        let e = build("ttl = soon\n", &[]);
+        assert!(
+            matches!(&e, Error::ConfigFile { path: f, reason } if f == &p && reason.contains("\"soon\"")),
+            "{e}"
+        );
+        // The flag's value is refused, the file is fine: a flag error.
+        let e = build("ttl = 10\n", &["--ttl", "soon"]);
+        assert!(
+            matches!(&e, Error::Config(m) if m.contains("\"soon\"")),
+            "{e}"
+        );
+        // Refused only together: the flag error, which names both options.
+        let e = build(
+            "allowed-groups-tag = ssh-groups\n",
+            &["--allowed-group", "ops"],
+        );
+        assert!(matches!(&e, Error::Config(_)), "{e}");
     }
 
     #[test]

@@ -487,7 +487,20 @@ done
 mkdir -p "$W/envcheck"
 HTTPS_PROXY=socks5://proxy.corp:1080 "$INSTALL" --root "$W/envcheck" --binary "$BIN" --ttl 60 2>"$W/err" ||
     fail "the flag check used the installer's environment: $(cat "$W/err")"
-pass "bad options are refused before anything is written (values the binary refuses too: --ttl abc, a tag key with /; checked without the shell's environment)"
+# A --config file already in the tree is read the way the binary will read it: a value it refuses stops
+# the install before anything is written; a file not there yet (written later by the image pipeline) is
+# no reason to stop.
+mkdir -p "$W/cfgbad/etc/iam-authorized-keys" "$W/cfglater"
+printf 'ttl = soon\n' > "$W/cfgbad/etc/iam-authorized-keys/config"
+if "$INSTALL" --root "$W/cfgbad" --binary "$BIN" --config /etc/iam-authorized-keys/config 2>"$W/err"; then
+    fail "accepted a config file the binary refuses"
+fi
+grep -q "config" "$W/err" && grep -q "ttl" "$W/err" || fail "config refusal does not name the file and key: $(cat "$W/err")"
+[ "$(find "$W/cfgbad" -mindepth 1 | sort | tr '\n' ' ')" = "$W/cfgbad/etc $W/cfgbad/etc/iam-authorized-keys $W/cfgbad/etc/iam-authorized-keys/config " ] ||
+    fail "a refused config file: files written: $(find "$W/cfgbad" -mindepth 1)"
+"$INSTALL" --root "$W/cfglater" --binary "$BIN" --config /etc/iam-authorized-keys/config 2>"$W/err" ||
+    fail "a --config file that is not there yet stopped the install: $(cat "$W/err")"
+pass "bad options are refused before anything is written (values the binary refuses too: --ttl abc, a tag key with /, a config file already in the tree; checked without the shell's environment)"
 
 # 8. Host tags: --allowed-groups-tag goes into the drop-in (and the sync service), the sync tags into the
 # sync service; the binary accepts the lines it is given (sshd would run exactly these words).
