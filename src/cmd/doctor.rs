@@ -208,6 +208,8 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
         .unwrap_or_else(|| PathBuf::from("/etc/ssh/sshd_config"));
     let mut effective: Option<Config> = None;
     let mut command_user: Option<String> = None;
+    // sshd runs our command with options the binary refuses (every login fails).
+    let mut refused = false;
     // The sshd unit's -o options beat every file; they apply to the config it runs (the default one).
     let unit = match (&args.unit_root, &args.sshd_config) {
         (Some(root), _) => crate::cmd::sshd_unit::read(root),
@@ -348,11 +350,22 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
                     let uid = user_name.as_deref().and_then(passwd_entry).map(|(u, _)| u);
                     match config_from_command(&words, &probe_user, uid) {
                         Ok(c) => effective = Some(c),
-                        Err(e) => r.fail(
-                            "command options",
-                            format!("the options in AuthorizedKeysCommand do not parse: {e}"),
-                            "re-run install.sh with valid flags",
-                        ),
+                        Err(e) => {
+                            refused = true;
+                            // The --config file's own refusal needs the file edited, not install.sh.
+                            let fix = match words.iter().position(|w| *w == "--config") {
+                                Some(i) if e.starts_with("config file ") => format!(
+                                    "correct {} (every login reads it; root-owned, not group/world-writable), then run doctor again",
+                                    sanitize(words.get(i + 1).copied().unwrap_or_default())
+                                ),
+                                _ => "re-run install.sh with valid flags".to_string(),
+                            };
+                            r.fail(
+                                "command options",
+                                format!("every login fails: the options in AuthorizedKeysCommand are refused: {e}"),
+                                fix,
+                            )
+                        }
                     }
                 }
             }
@@ -378,6 +391,8 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
             }
             c
         }
+        // Every login fails at these options: the checks below would only test options sshd does not use.
+        None if refused => return finish(&r, own),
         None => {
             r.warn(
                 "options",
@@ -581,11 +596,16 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
         check_user(&mut r, &cfg, login, aws_ok, allowed.as_deref());
     }
 
+    finish(&r, own)
+}
+
+/// Prints the report; fails when any check failed.
+fn finish(r: &Report, own: &Config) -> Result<(), Error> {
     let failed = r.0.iter().filter(|c| c.status == Status::Fail).count();
     output::emit(&if own.json {
-        render_json(&r, failed)
+        render_json(r, failed)
     } else {
-        render(&r)
+        render(r)
     })?;
     if failed > 0 {
         Err(Error::Checks(failed))
