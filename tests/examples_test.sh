@@ -24,9 +24,7 @@ EX=$ROOT/examples
 NAME=iam-authorized-keys
 [ "$(id -u)" = 0 ] || fail "examples test needs root (chroot into image trees)"
 "$PY" -c 'import yaml' || fail "PyYAML missing in $PY"
-for t in systemd-dissect debootstrap unshare; do
-    command -v $t >/dev/null || fail "$t missing (Debian packages systemd-container, debootstrap, util-linux)"
-done
+needs "Debian packages systemd-container, debootstrap, util-linux" systemd-dissect debootstrap unshare
 CACHE=$ROOT/target/images
 mkdir -p "$CACHE"
 W=$(mktemp -d "$CACHE/work.XXXXXX")
@@ -34,7 +32,7 @@ HTTP_PID=
 trap '[ -n "$HTTP_PID" ] && kill $HTTP_PID 2>/dev/null; rm -rf --one-file-system "$W"' EXIT
 
 # The packages, served on loopback as the pipeline would fetch them.
-VERSION=$(awk -F'"' '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 } p && /^version *=/ { print $2; exit }' "$ROOT/Cargo.toml")
+VERSION=$(crate_version)
 DEB=${NAME}_${VERSION}_amd64.deb
 mkdir "$W/www"
 "$ROOT/install.sh" --binary "$BIN" --package "$W/www/$DEB" 2>/dev/null
@@ -46,12 +44,7 @@ wait_port "$PORT" || fail "http server did not start"
 URL=http://127.0.0.1:$PORT
 
 tree bookworm-curl bookworm openssh-server,curl
-# in_tree CMD...: CMD in the tree $T (chroot; /proc mounted for the package's postinst, in a private mount
-# namespace that goes with it). It shares this machine's loopback (the http server).
-in_tree() {
-    unshare --mount --propagation private sh -c 'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"' "$T" \
-        env PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"
-}
+# in_tree (lib.sh) shares this machine's loopback: the http server.
 tmp_before=
 start_tree() { fresh bookworm-curl; tmp_before=$(ls -A "$T/tmp"); }
 

@@ -20,27 +20,10 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
-BIN=${1:?static binary}
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-MOTO_URL=${2:?moto url}
-PY=${3:?python with boto3}
-iam() { "$PY" "$HERE/iam_admin.py" "$MOTO_URL" "$@"; }
+tree_tier_start images "$@"
+trap tree_cleanup EXIT
 # Unique per run: the emulator may outlive one run. DEF: the image's default account.
 DEF=iakdef$$ IAMU=iakimg$$
-INSTALL=$HERE/../install.sh
-[ "$(id -u)" = 0 ] || fail "images test needs root (chroot)"
-command -v debootstrap >/dev/null || fail "debootstrap missing (Debian package debootstrap)"
-CACHE=$(cd "$HERE/.." && pwd)/target/images
-mkdir -p "$CACHE"
-W=$(mktemp -d "$CACHE/work.XXXXXX")
-SSHD_PID=
-cleanup() {
-    set +e
-    [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null && wait "$SSHD_PID" 2>/dev/null
-    [ -n "${KEEP_IMAGES:-}" ] && { echo "kept $W"; return; }
-    rm -rf --one-file-system "$W"
-}
-trap cleanup EXIT
 
 
 # IAM users: one with a local account in the trees, one named like the default account. chainkey: the

@@ -72,8 +72,54 @@ image_files() {
 LIST
 }
 
-# --- real Debian trees (images, packages tiers) -----------------------------------------------------------
-# They set CACHE (target/images), W (work dir), DEF (default account), IAMU (IAM user), SSHD_PID.
+# iam ARGS...: the IAM emulator's admin helper (tiers that set HERE, PY and MOTO_URL).
+iam() { "$PY" "$HERE/iam_admin.py" "$MOTO_URL" "$@"; }
+
+# needs HINT TOOL...: fail when a TOOL is missing, naming HINT (the Debian packages that have them).
+needs() {
+    local hint=$1 t; shift
+    for t in "$@"; do command -v "$t" >/dev/null || fail "$t missing ($hint)"; done
+}
+
+# crate_version: Cargo.toml's [package] version (what install.sh names packages with).
+crate_version() {
+    awk -F'"' '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 } p && /^version *=/ { print $2; exit }' "$HERE/../Cargo.toml"
+}
+
+# --- real Debian trees (images, packages, sysext tiers) ------------------------------------------------
+# tree_tier_start WHAT STATIC_BINARY MOTO_URL PYTHON: the start these tiers share. Sets BIN (absolute),
+# MOTO_URL, PY, INSTALL, NAME, CACHE (target/images, where the trees are kept), W (this run's work dir
+# under it) and SSHD_PID (empty); needs root. The tiers then set DEF (default account) and IAMU (IAM user).
+tree_tier_start() {
+    local what=$1
+    BIN=${2:?static binary}
+    BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+    MOTO_URL=${3:?moto url}
+    PY=${4:?python with boto3}
+    INSTALL=$HERE/../install.sh
+    NAME=iam-authorized-keys
+    [ "$(id -u)" = 0 ] || fail "$what test needs root (chroot, accounts in the trees)"
+    needs "Debian package debootstrap" debootstrap
+    CACHE=$(cd "$HERE/.." && pwd)/target/images
+    mkdir -p "$CACHE"
+    W=$(mktemp -d "$CACHE/work.XXXXXX")
+    SSHD_PID=
+}
+
+# tree_cleanup: stops the tree's sshd and removes W (KEEP_IMAGES=1 keeps it for a look).
+tree_cleanup() {
+    set +e
+    [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null && wait "$SSHD_PID" 2>/dev/null
+    [ -n "${KEEP_IMAGES:-}" ] && { echo "kept $W"; return; }
+    rm -rf --one-file-system "$W"
+}
+
+# in_tree CMD...: CMD run in the tree $T (chroot) with /proc mounted, in a private mount namespace (the
+# mount goes with it): maintainer scripts and install.sh use /dev/fd (bash process substitution).
+in_tree() {
+    unshare --mount --propagation private sh -c 'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"' "$T" \
+        env DEBIAN_FRONTEND=noninteractive PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"
+}
 
 # tree NAME SUITE PACKAGES: the cached tree, built when missing.
 tree() {

@@ -24,43 +24,17 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
-BIN=${1:?static binary}
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-MOTO_URL=${2:?moto url}
-PY=${3:?python with boto3}
-iam() { "$PY" "$HERE/iam_admin.py" "$MOTO_URL" "$@"; }
+needs "Debian packages dpkg, util-linux, rpm" dpkg-deb unshare rpm rpmbuild
+tree_tier_start packages "$@"
+trap tree_cleanup EXIT
 DEF=iakdef$$ IAMU=iakpkg$$
-INSTALL=$HERE/../install.sh
-NAME=iam-authorized-keys
-[ "$(id -u)" = 0 ] || fail "packages test needs root (chroot)"
-for t in dpkg-deb unshare debootstrap rpm rpmbuild; do
-    command -v $t >/dev/null || fail "$t missing (Debian packages dpkg, util-linux, debootstrap, rpm)"
-done
-CACHE=$(cd "$HERE/.." && pwd)/target/images
-mkdir -p "$CACHE"
-W=$(mktemp -d "$CACHE/work.XXXXXX")
-SSHD_PID=
-cleanup() {
-    set +e
-    [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null && wait "$SSHD_PID" 2>/dev/null
-    [ -n "${KEEP_IMAGES:-}" ] && { echo "kept $W"; return; }
-    rm -rf --one-file-system "$W"
-}
-trap cleanup EXIT
-
-# in_tree CMD...: CMD run in the tree $T (chroot) with /proc mounted, in a private mount namespace (the
-# mount goes with it): maintainer scripts use /dev/fd (bash process substitution).
-in_tree() {
-    unshare --mount --propagation private sh -c 'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"' "$T" \
-        env DEBIAN_FRONTEND=noninteractive PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"
-}
 apt_install() { in_tree apt-get install -y -q "$@"; }
 dpkg_version() { in_tree dpkg-query -W -f '${Status} ${Version}' $NAME 2>/dev/null || true; }
 # What dpkg and apt keep about packages; everything else must be as before after a purge.
 RECORDS=(./var/lib/dpkg ./var/lib/apt ./var/cache/apt ./var/cache/debconf ./var/log)
 
 # --- the package files ---------------------------------------------------------------------------------
-VERSION=$(awk -F'"' '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 } p && /^version *=/ { print $2; exit }' "$HERE/../Cargo.toml")
+VERSION=$(crate_version)
 "$INSTALL" --binary "$BIN" --package-all "$W/all" 2>"$W/log" || fail "--package-all: $(cat "$W/log")"
 ALL="$NAME-$VERSION-1.x86_64.rpm $NAME-$VERSION-x86-64.raw $NAME-$VERSION-x86_64.tar.gz ${NAME}_${VERSION}_amd64.deb"
 want_all=SHA256SUMS; for f in $ALL; do want_all+=" $f $f.sha256"; done

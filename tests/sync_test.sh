@@ -34,7 +34,6 @@ cleanup() {
     rm -rf "$E"
 }
 trap cleanup EXIT
-iam() { "$PY" "$HERE/iam_admin.py" "$MOTO_URL" "$@"; }
 
 PPORT=$(free_port)
 start_proxy

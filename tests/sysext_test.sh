@@ -23,42 +23,23 @@ set -euo pipefail
 [ -n "${IAK_SYSEXT_NS:-}" ] || exec env IAK_SYSEXT_NS=1 unshare --mount --propagation private "$0" "$@"
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
-BIN=${1:?static binary}
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-MOTO_URL=${2:?moto url}
-PY=${3:?python with boto3}
-iam() { "$PY" "$HERE/iam_admin.py" "$MOTO_URL" "$@"; }
-DEF=iakdef$$ IAMU=iaksx$$
-INSTALL=$HERE/../install.sh
-NAME=iam-authorized-keys
-[ "$(id -u)" = 0 ] || fail "sysext test needs root (mounts, chroot)"
-for t in mksquashfs unsquashfs systemd-dissect systemd-sysext debootstrap; do
-    command -v $t >/dev/null || fail "$t missing (Debian packages squashfs-tools, systemd-container, systemd, debootstrap)"
-done
-CACHE=$(cd "$HERE/.." && pwd)/target/images
-mkdir -p "$CACHE"
-W=$(mktemp -d "$CACHE/work.XXXXXX")
-SSHD_PID= MERGED=
+needs "Debian packages squashfs-tools, systemd-container, systemd" mksquashfs unsquashfs systemd-dissect systemd-sysext
+tree_tier_start sysext "$@"
+MERGED=
 cleanup() {
     set +e
-    [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null && wait "$SSHD_PID" 2>/dev/null
+    [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null && wait "$SSHD_PID" 2>/dev/null && SSHD_PID=
     [ -n "$MERGED" ] && systemd-sysext --root="$MERGED" unmerge >/dev/null 2>&1
     [ -n "$MERGED" ] && umount "$MERGED" 2>/dev/null
-    [ -n "${KEEP_IMAGES:-}" ] && { echo "kept $W"; return; }
-    rm -rf --one-file-system "$W"
+    tree_cleanup
 }
 trap cleanup EXIT
+DEF=iakdef$$ IAMU=iaksx$$
 # systemd-sysext remounts /run as a slave in its own namespace: it must be a mount point here.
 mountpoint -q /run || mount --bind /run /run
 
-# in_tree CMD...: CMD in the tree $T (chroot) with /proc mounted (install.sh uses /dev/fd).
-in_tree() {
-    unshare --mount --propagation private sh -c 'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"' "$T" \
-        env PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"
-}
-
 # --- the image as systemd reads it ------------------------------------------------------------------------
-VERSION=$(awk -F'"' '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 } p && /^version *=/ { print $2; exit }' "$HERE/../Cargo.toml")
+VERSION=$(crate_version)
 "$INSTALL" --binary "$BIN" --package "$W/$NAME-$VERSION-x86-64.raw" 2>"$W/log" || fail "--package FILE.raw: $(cat "$W/log")"
 (cd "$W" && sha256sum -c --quiet "$NAME-$VERSION-x86-64.raw.sha256") || fail "the .raw's .sha256 does not match"
 cp "$W/$NAME-$VERSION-x86-64.raw" "$W/$NAME.raw"

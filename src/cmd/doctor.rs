@@ -185,7 +185,12 @@ fn config_from_command(words: &[&str], user: &str, uid: Option<u32>) -> Result<C
         };
         argv.push(w);
     }
-    let cli = Cli::try_parse_from(&argv).map_err(|e| e.to_string().trim().to_string())?;
+    // clap's first line says what is wrong (its usage lines follow).
+    let cli = Cli::try_parse_from(&argv).map_err(|e| {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        first.strip_prefix("error: ").unwrap_or(first).to_string()
+    })?;
     Config::build(&cli.opts, &Env::default()).map_err(|e| e.to_string())
 }
 
@@ -981,4 +986,53 @@ fn render_json(r: &Report, failed: usize) -> String {
         .unwrap_or_else(|_| "{}".into());
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_command_line_is_one_line_that_says_why() {
+        let e = config_from_command(
+            &[
+                "/usr/bin/iam-authorized-keys",
+                "--ttl",
+                "1",
+                "--ttl",
+                "2",
+                "--",
+                "%u",
+            ],
+            "alice",
+            None,
+        )
+        .expect_err("--ttl twice");
+        assert!(!e.contains('\n') && !e.starts_with("error:"), "{e}");
+        assert!(e.contains("--ttl"), "{e}");
+        let e = config_from_command(
+            &["/usr/bin/iam-authorized-keys", "--ttl", "soon", "--", "%u"],
+            "alice",
+            None,
+        )
+        .expect_err("bad value");
+        assert!(e.contains("\"soon\""), "{e}");
+        let c = config_from_command(
+            &[
+                "/usr/bin/iam-authorized-keys",
+                "--ttl",
+                "7",
+                "--uid",
+                "%U",
+                "--",
+                "%u",
+                "%f",
+                "%t",
+            ],
+            "alice",
+            Some(1000),
+        )
+        .expect("sshd's line");
+        assert_eq!(c.freshness.ttl, Duration::from_secs(7));
+    }
 }
