@@ -167,7 +167,7 @@ doctor --unit-root "$U" > "$E/doctor.out" 2>&1 || fail "doctor with our unit dro
 # names the file, whose fix is the file; no further checks with options sshd does not use.
 echo 'name-case = shouty' > "$E/iak.conf"
 if doctor > "$E/doctor.out" 2>&1; then fail "doctor passed a refused --config file"; fi
-grep -q "^FAIL command options: every login fails: .*config file $E/iak.conf: .*shouty" "$E/doctor.out" &&
+grep -q "^FAIL command options: every key lookup fails: .*config file $E/iak.conf: .*shouty" "$E/doctor.out" &&
     grep -q "^     fix: correct $E/iak.conf " "$E/doctor.out" && [ "$(grep -c '^FAIL' "$E/doctor.out")" = 1 ] ||
     fail "doctor on a refused --config file: $(cat "$E/doctor.out")"
 : > "$E/iak.conf"

@@ -213,7 +213,7 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
         .unwrap_or_else(|| PathBuf::from("/etc/ssh/sshd_config"));
     let mut effective: Option<Config> = None;
     let mut command_user: Option<String> = None;
-    // sshd runs our command with options the binary refuses (every login fails).
+    // sshd runs our command with options the binary refuses (every key lookup fails).
     let mut refused = false;
     // The sshd unit's -o options beat every file; they apply to the config it runs (the default one).
     let unit = match (&args.unit_root, &args.sshd_config) {
@@ -360,14 +360,14 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
                             // The --config file's own refusal needs the file edited, not install.sh.
                             let fix = match words.iter().position(|w| *w == "--config") {
                                 Some(i) if e.starts_with("config file ") => format!(
-                                    "correct {} (every login reads it; root-owned, not group/world-writable), then run doctor again",
+                                    "correct {} (every key lookup reads it; root-owned, not group/world-writable), then run doctor again",
                                     sanitize(words.get(i + 1).copied().unwrap_or_default())
                                 ),
                                 _ => "re-run install.sh with valid flags".to_string(),
                             };
                             r.fail(
                                 "command options",
-                                format!("every login fails: the options in AuthorizedKeysCommand are refused: {e}"),
+                                format!("every key lookup fails: the options in AuthorizedKeysCommand are refused: {e}"),
                                 fix,
                             )
                         }
@@ -396,7 +396,7 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
             }
             c
         }
-        // Every login fails at these options: the checks below would only test options sshd does not use.
+        // Every key lookup fails at these options: the checks below would only test options sshd does not use.
         None if refused => return finish(&r, own),
         None => {
             r.warn(
