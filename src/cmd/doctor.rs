@@ -170,8 +170,25 @@ fn shadow_field(name: &str) -> Result<Option<String>, String> {
     Ok(password)
 }
 
+/// Why sshd's AuthorizedKeysCommand line is refused; `file`: the --config file whose content or
+/// ownership is the cause (the fix is to edit that file, not the command line).
+#[derive(Debug)]
+struct Refusal {
+    message: String,
+    file: Option<PathBuf>,
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Refusal {
+            message,
+            file: None,
+        }
+    }
+}
+
 /// Parses sshd's AuthorizedKeysCommand line with our own option parser, as sshd would run it for `user`.
-fn config_from_command(words: &[&str], user: &str, uid: Option<u32>) -> Result<Config, String> {
+fn config_from_command(words: &[&str], user: &str, uid: Option<u32>) -> Result<Config, Refusal> {
     let mut argv: Vec<String> = Vec::new();
     for w in words {
         let w = match *w {
@@ -179,7 +196,7 @@ fn config_from_command(words: &[&str], user: &str, uid: Option<u32>) -> Result<C
             "%U" => uid.map(|u| u.to_string()).unwrap_or_else(|| "65534".into()),
             "%f" | "%t" => continue,
             other if other.contains('%') => {
-                return Err(format!("token {other} is not one this tool understands"))
+                return Err(format!("token {other} is not one this tool understands").into())
             }
             other => other.to_string(),
         };
@@ -189,9 +206,15 @@ fn config_from_command(words: &[&str], user: &str, uid: Option<u32>) -> Result<C
     let cli = Cli::try_parse_from(&argv).map_err(|e| {
         let text = e.to_string();
         let first = text.lines().next().unwrap_or_default();
-        first.strip_prefix("error: ").unwrap_or(first).to_string()
+        Refusal::from(first.strip_prefix("error: ").unwrap_or(first).to_string())
     })?;
-    Config::build(&cli.opts, &Env::default()).map_err(|e| e.to_string())
+    Config::build(&cli.opts, &Env::default()).map_err(|e| Refusal {
+        message: e.to_string(),
+        file: match e {
+            Error::ConfigFile { path, .. } => Some(path),
+            _ => None,
+        },
+    })
 }
 
 pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
@@ -358,16 +381,19 @@ pub fn run(args: &DoctorArgs, own: &Config, log: &Log) -> Result<(), Error> {
                         Err(e) => {
                             refused = true;
                             // The --config file's own refusal needs the file edited, not install.sh.
-                            let fix = match words.iter().position(|w| *w == "--config") {
-                                Some(i) if e.starts_with("config file ") => format!(
+                            let fix = match &e.file {
+                                Some(file) => format!(
                                     "correct {} (every key lookup reads it; root-owned, not group/world-writable), then run doctor again",
-                                    sanitize(words.get(i + 1).copied().unwrap_or_default())
+                                    sanitize(&file.to_string_lossy())
                                 ),
-                                _ => "re-run install.sh with valid flags".to_string(),
+                                None => "re-run install.sh with valid flags".to_string(),
                             };
                             r.fail(
                                 "command options",
-                                format!("every key lookup fails: the options in AuthorizedKeysCommand are refused: {e}"),
+                                format!(
+                                    "every key lookup fails: the options in AuthorizedKeysCommand are refused: {}",
+                                    e.message
+                                ),
                                 fix,
                             )
                         }
@@ -1008,15 +1034,20 @@ mod tests {
             None,
         )
         .expect_err("--ttl twice");
-        assert!(!e.contains('\n') && !e.starts_with("error:"), "{e}");
-        assert!(e.contains("--ttl"), "{e}");
+        let m = &e.message;
+        assert!(!m.contains('\n') && !m.starts_with("error:"), "{m}");
+        assert!(m.contains("--ttl") && e.file.is_none(), "{m}");
         let e = config_from_command(
             &["/usr/bin/iam-authorized-keys", "--ttl", "soon", "--", "%u"],
             "alice",
             None,
         )
         .expect_err("bad value");
-        assert!(e.contains("\"soon\""), "{e}");
+        assert!(
+            e.message.contains("\"soon\"") && e.file.is_none(),
+            "{}",
+            e.message
+        );
         let c = config_from_command(
             &[
                 "/usr/bin/iam-authorized-keys",
@@ -1034,5 +1065,25 @@ mod tests {
         )
         .expect("sshd's line");
         assert_eq!(c.freshness.ttl, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn a_refused_config_file_is_named_however_the_command_line_spells_it() {
+        if crate::fsutil::euid() != 0 {
+            return; // the file must be root-owned to be read at all
+        }
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("conf");
+        std::fs::write(&p, "ttl = soon\n").expect("write");
+        let joined = format!("--config={}", p.display());
+        let spellings: [&[&str]; 2] = [&["--config", p.to_str().expect("utf8")], &[&joined]];
+        for spelling in spellings {
+            let mut words = vec!["/usr/bin/iam-authorized-keys"];
+            words.extend_from_slice(spelling);
+            words.extend_from_slice(&["--", "%u"]);
+            let e = config_from_command(&words, "alice", None).expect_err("refused file");
+            assert_eq!(e.file.as_deref(), Some(p.as_path()), "{}", e.message);
+            assert!(e.message.contains("\"soon\""), "{}", e.message);
+        }
     }
 }
